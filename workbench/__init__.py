@@ -1,0 +1,1 @@
+"""dispo-wb: an ablation workbench for clipped policy-gradient RL on math."""

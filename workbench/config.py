@@ -1,0 +1,255 @@
+"""Run configuration: strict pydantic models loaded from YAML.
+
+One `RunConfig` describes one training run completely; `dispo-wb train --config FILE`
+reads it, command-line flags override single fields, and the resolved config is logged
+to MLflow so a run can be reproduced from its artifact alone. Unknown keys are errors:
+a typo in a clip bound must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelConfig(Strict):
+    name: str = Field("micro-3m", description="built-in micro model (micro-0.5m, micro-3m, micro-15m), HF hub id or local path")
+    trust_remote_code: bool = Field(False, description="let transformers run code shipped with a hub model")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when available, else cpu")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on cuda, float32 on cpu")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+
+
+class TaskConfig(Strict):
+    name: Literal["chain_sum"] = Field("chain_sum", description="built-in synthetic task family")
+    min_terms: int = Field(2, ge=2, le=12, description="fewest terms in a chain")
+    max_terms: int = Field(5, ge=2, le=12, description="most terms in a chain")
+    digits: int = Field(1, ge=1, le=4, description="digits per term")
+    eval_size: int = Field(200, ge=1, description="problems in the fixed held-out set")
+    eval_seed: int = Field(1234, description="seed of the held-out set (never the train seed)")
+
+    @model_validator(mode="after")
+    def _terms_ordered(self) -> "TaskConfig":
+        if self.min_terms > self.max_terms:
+            raise ValueError(f"min_terms ({self.min_terms}) must be <= max_terms ({self.max_terms})")
+        return self
+
+
+class SFTConfig(Strict):
+    enabled: bool = Field(True, description="warm-start micro models with supervised fine-tuning (cached)")
+    target_low: float = Field(0.30, ge=0, le=1, description="stop once held-out greedy accuracy reaches this")
+    target_high: float = Field(0.50, ge=0, le=1, description="upper edge of the accuracy band the warm start aims for")
+    max_steps: int = Field(4000, ge=1, description="give up after this many SFT steps")
+    lr: float = Field(3e-3, gt=0, description="SFT learning rate")
+    batch_size: int = Field(64, ge=1, description="SFT sequences per step")
+    eval_every: int = Field(100, ge=1, description="SFT steps between greedy accuracy checks")
+    cache_dir: str = Field(".cache/sft", description="where warm starts are stored, keyed by task, model and seed")
+
+
+class RolloutConfig(Strict):
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: colocated vLLM engine (GPU extra)")
+    prompts_per_step: int = Field(16, ge=1, description="prompts in one rollout batch")
+    group_size: int = Field(8, ge=2, description="responses sampled per prompt (G)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (entropy is measured at it)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_new_tokens: int = Field(48, ge=1, description="response length limit; longer responses are truncated")
+    gpu_memory_utilization: float = Field(0.35, gt=0, lt=1, description="vLLM share of GPU memory")
+    enable_sleep_mode: bool = Field(True, description="vLLM frees its KV cache while the trainer updates")
+
+
+class ObjectiveConfig(Strict):
+    name: str = Field("dispo", description="registered objective (dispo-wb objectives lists them)")
+    params: dict[str, float | bool | str] = Field(default_factory=dict, description="overrides of the objective's parameters")
+    aggregation: str | None = Field(None, description="loss aggregation; None uses the objective's own")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _inf_strings(cls, v: Any) -> Any:
+        # YAML has `.inf`, but people write `inf`; both mean "bound switched off".
+        if isinstance(v, dict):
+            return {k: (math.inf if isinstance(x, str) and x.strip().lower() in {"inf", "+inf", ".inf"} else x) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _known_objective(self) -> "ObjectiveConfig":
+        from workbench import objectives
+
+        objectives.make_params(self.name, dict(self.params))
+        if self.aggregation is not None:
+            objectives.check_aggregation(self.aggregation)
+        return self
+
+    def build_params(self):
+        from workbench import objectives
+
+        return objectives.make_params(self.name, dict(self.params))
+
+
+class OverlongConfig(Strict):
+    enabled: bool = Field(False, description="DAPO soft overlong penalty")
+    buffer: int = Field(8, ge=1, description="tokens before max_new_tokens where the penalty ramps from 0 to -factor")
+    factor: float = Field(1.0, ge=0, description="penalty at max_new_tokens")
+
+
+class EvalConfig(Strict):
+    benchmarks: list[str] = Field(default_factory=lambda: ["micro"], description="benchmark names (see workbench.tasks.benchmarks)")
+    every: int = Field(10, ge=1, description="training steps between evaluations (and one at the end)")
+    k: int = Field(4, ge=1, description="samples per problem: avg@k and pass@k")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature for avg@k")
+    limit: int | None = Field(None, ge=1, description="evaluate on the first N problems only")
+
+
+class CollapseConfig(Strict):
+    repetition_threshold: float = Field(0.5, gt=0, le=1, description="repetition rate above which a step counts as repetitive")
+    length_ratio: float = Field(0.35, gt=0, lt=1, description="length below this share of the first steps' mean counts as collapsed")
+    patience: int = Field(3, ge=1, description="consecutive steps past a threshold before a run is flagged")
+    stop: bool = Field(False, description="end the run when a collapse is flagged")
+
+
+class RunConfig(Strict):
+    experiment: str = Field("dispo-wb", description="MLflow experiment")
+    run_name: str | None = Field(None, description="MLflow run name; default <objective>-<model>-s<seed>")
+    seed: int = Field(0, description="seeds sampling, data order and initialisation")
+    steps: int = Field(60, ge=1, description="rollout batches (training steps)")
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate for RL")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    updates_per_rollout: int = Field(16, ge=1, description="optimizer steps per rollout batch (minibatches x epochs), as DAPO")
+    epochs: int = Field(1, ge=1, description="passes over the rollout batch; minibatches = updates_per_rollout / epochs")
+    rollout_lag: int = Field(16, ge=0, description="rollouts come from a policy snapshot this many optimizer steps old")
+    advantage: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: (R - mean)/(std + eps); dr_grpo: R - mean")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose responses all have the same reward")
+    overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    reward_workers: int = Field(1, ge=1, description="math-verify worker processes")
+    reward_timeout_s: float = Field(2.0, gt=0, description="hard wall-clock limit per answer")
+    sample_every: int = Field(10, ge=1, description="steps between logged tables of sample rollouts")
+    checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None leaves torch's default")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    collapse: CollapseConfig = Field(default_factory=CollapseConfig)
+
+    @model_validator(mode="after")
+    def _minibatches_divide(self) -> "RunConfig":
+        if self.updates_per_rollout % self.epochs:
+            raise ValueError(f"updates_per_rollout ({self.updates_per_rollout}) must be a multiple of epochs ({self.epochs})")
+        batch = self.rollout.prompts_per_step * self.rollout.group_size
+        minibatches = self.updates_per_rollout // self.epochs
+        if minibatches > batch:
+            raise ValueError(f"updates_per_rollout/epochs ({minibatches}) must be <= responses per step ({batch})")
+        return self
+
+    @property
+    def minibatches(self) -> int:
+        return self.updates_per_rollout // self.epochs
+
+    def resolved_run_name(self) -> str:
+        if self.run_name:
+            return self.run_name
+        return f"{self.objective.name}-{Path(self.model.name).name}-s{self.seed}"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `lines` holds one message per problem, each naming its field."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: `path.to.field: message` (pydantic's own wording, minus noise)."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "literal_error":
+            msg = msg.replace("Input should be", "must be one of")
+        where = f"{prefix}{path}" if path else prefix.rstrip(".") or "config"
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping; a missing file, a syntax error or a non-mapping is a ConfigError."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such file"]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError([f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: must be a mapping of config fields, got {type(data).__name__}"])
+    return data
+
+
+def build_run_config(data: dict[str, Any], overrides: dict[str, Any] | None = None, prefix: str = "") -> RunConfig:
+    """Validate `data` with dotted-key `overrides` applied (e.g. {"objective.params.eps_neg_up": 0.01})."""
+    merged = _apply_overrides(data, overrides or {})
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, prefix)) from None
+
+
+def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    return build_run_config(read_yaml(path) if path else {}, overrides)
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = _deepcopy(data)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"{dotted}: cannot set inside non-mapping field {key}"])
+        node[leaf] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}, for MLflow params and for sweep overrides."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def dump_yaml(config: RunConfig) -> str:
+    # safe_dump writes math.inf as `.inf`, which safe_load reads back as inf.
+    return yaml.safe_dump(config.model_dump(mode="python"), sort_keys=False)

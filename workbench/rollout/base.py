@@ -1,0 +1,54 @@
+"""The one small interface every rollout backend implements.
+
+A backend turns prompts into sampled responses. The trainer owns the policy and its
+snapshots; it pushes the weights a rollout should come from with `sync_weights` before
+calling `generate`, so a backend never decides which policy it samples from. Sampling
+log-probs are returned only for diagnostics (`rollout/logp_mismatch_*`): the trainer
+recomputes `old_logp` itself, because an engine's sampler log-probs differ from the
+trainer's forward pass (kernels, precision), and that difference alone moves r away from 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    seed: int | None = None
+
+
+@dataclass
+class Rollouts:
+    """Responses for `len(prompts) * n` samples, grouped: sample i answers prompt i // n."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]  # generated ids, eos included when emitted, no padding
+    finish_reasons: list[str]  # "stop" (eos) or "length" (hit max_new_tokens)
+    sampling_logp: list[list[float]] | None = None  # per response token, from the engine
+    n: int = 1
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def group_index(self) -> list[int]:
+        return [i // self.n for i in range(len(self))]
+
+
+class RolloutBackend(Protocol):
+    def generate(self, prompts: list[str], n: int, sampling: Sampling) -> Rollouts: ...
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def close(self) -> None: ...
