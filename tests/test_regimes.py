@@ -20,7 +20,7 @@ def ref_regime(r: float, a: float, m: float) -> str | None:
 
 
 def ref_metrics(ratio, weight, clipped, adv, mask, entropy=None) -> dict[str, float]:
-    """Token-by-token reference of `regime_metrics` (empty denominators give 0.0)."""
+    """Token-by-token reference of `regime_metrics` (empty denominators give NaN)."""
     B, T = len(ratio), len(ratio[0])
     acc = {g: dict(n=0.0, clipped=0.0, w=0.0, moved=0.0, r=0.0, h=0.0) for g in REGIMES}
     n_nonzero = n_tokens = r_sum = dev_sum = 0.0
@@ -48,7 +48,7 @@ def ref_metrics(ratio, weight, clipped, adv, mask, entropy=None) -> dict[str, fl
                 a["h"] += entropy[b][t]
 
     def div(x, y):
-        return x / y if y > 0 else 0.0
+        return x / y if y > 0 else math.nan
 
     out = {}
     for g, a in acc.items():
@@ -59,7 +59,7 @@ def ref_metrics(ratio, weight, clipped, adv, mask, entropy=None) -> dict[str, fl
         if entropy is not None:
             out[f"regime/{g}/entropy"] = div(a["h"], a["n"])
     out["ratio/mean"] = div(r_sum, n_tokens)
-    out["ratio/max"] = r_max if n_tokens else 0.0
+    out["ratio/max"] = r_max if n_tokens else math.nan
     out["ratio/abs_dev_mean"] = div(dev_sum, n_tokens)
     return out
 
@@ -68,7 +68,7 @@ def assert_metrics_close(got: dict[str, float], want: dict[str, float]) -> None:
     assert set(got) == set(want)
     for key, value in want.items():
         assert isinstance(got[key], float), key
-        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
 
 
 def random_inputs(seed: int, B: int, T: int):
@@ -119,16 +119,19 @@ def test_ratio_exactly_one_is_up():
     assert masks.sum() == 2
 
 
-def test_empty_regimes_and_all_masked_report_zero():
+def test_empty_regimes_and_all_masked_report_nan():
     ratio = torch.full((2, 3), 2.0)
     adv = torch.ones(2, 3)
     mask = torch.ones(2, 3)
     got = regime_metrics(ratio, ratio, torch.zeros(2, 3, dtype=torch.bool), adv, mask)
     assert got["regime/pos_up/token_frac"] == 1.0 and got["regime/pos_up/weight_mean"] == 2.0
+    assert got["regime/pos_up/clip_frac"] == 0.0 and got["regime/pos_up/clip_mass"] == 0.0
     for g in ("pos_down", "neg_up", "neg_down"):
-        assert got[f"regime/{g}/token_frac"] == 0.0 and got[f"regime/{g}/weight_mean"] == 0.0
+        assert got[f"regime/{g}/token_frac"] == 0.0
+        for stat in ("clip_frac", "weight_mean", "clip_mass"):
+            assert math.isnan(got[f"regime/{g}/{stat}"])
     nothing = regime_metrics(ratio, ratio, torch.ones(2, 3, dtype=torch.bool), adv, torch.zeros(2, 3))
-    assert all(v == 0.0 for v in nothing.values())
+    assert all(math.isnan(v) for v in nothing.values())
 
 
 def test_padding_garbage_is_ignored():

@@ -20,12 +20,15 @@ Metric keys (DESIGN.md section 2), produced by `regime_metrics` for all four reg
     ratio/mean, ratio/max   over masked-in tokens
     ratio/abs_dev_mean      mean |r - 1| over masked-in tokens: how off-policy the batch is
 
-A statistic whose denominator is empty (a regime with no tokens, a batch with no
-non-zero advantage) is reported as 0.0 rather than NaN, so that averaging over
-minibatches never turns a whole step into NaN; read `token_frac` to tell "empty" apart.
+A statistic whose denominator is empty (a regime with no tokens in this minibatch, a
+batch without non-zero advantages, an all-masked batch) is NaN: "undefined here", not 0,
+which would read as "nothing clipped" or "weight 0". Consumers averaging over
+minibatches skip NaN values (the trainer does).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -125,7 +128,7 @@ def regime_metrics(
     n_nonzero, n_tokens, ratio_sum, abs_dev_sum, ratio_max = host[4 * k :]
 
     def div(num: float, den: float) -> float:
-        return num / den if den > 0 else 0.0
+        return num / den if den > 0 else math.nan
 
     out: dict[str, float] = {}
     for i, name in enumerate(REGIMES):
@@ -138,6 +141,6 @@ def regime_metrics(
         if entropy is not None:
             out[f"regime/{name}/entropy"] = div(row[5], n)
     out["ratio/mean"] = div(ratio_sum, n_tokens)
-    out["ratio/max"] = ratio_max if n_tokens > 0 else 0.0
+    out["ratio/max"] = ratio_max if n_tokens > 0 else math.nan
     out["ratio/abs_dev_mean"] = div(abs_dev_sum, n_tokens)
     return out
