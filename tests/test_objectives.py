@@ -163,6 +163,28 @@ def test_advantages_per_token_equal_broadcast_per_sequence():
         assert torch.equal(a, b) and same_metrics(ma, mb)
 
 
+def test_half_precision_log_probs_are_upcast():
+    logp, old_logp, adv, mask = make_batch(0, 8, 12)
+    lp16, old16 = logp.bfloat16(), old_logp.bfloat16()
+    for name in NAMES:
+        x = lp16.clone().requires_grad_(True)
+        loss, metrics = get_objective(name)(x, old16, adv, mask)
+        want, want_metrics = get_objective(name)(lp16.float(), old16.float(), adv, mask)
+        assert loss.dtype == torch.float32 and torch.equal(loss, want) and same_metrics(metrics, want_metrics)
+        loss.sum().backward()
+        assert x.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["dispo", "grpo"])
+def test_float64_keeps_its_precision(name):
+    logp, old_logp, adv, mask = (t.double() for t in make_batch(1, 8, 12))
+    params = make_params(name, {})
+    loss, _ = get_objective(name)(logp, old_logp, adv, mask, params)
+    ref = reference(name, params, *lists(logp, old_logp, adv, mask))
+    assert loss.dtype == torch.float64
+    assert torch.allclose(loss, torch.tensor(ref["loss"], dtype=torch.float64), rtol=1e-12, atol=1e-14)
+
+
 # --- gradients ----------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ Every objective has one signature (tensor shapes in brackets):
                                  mask [B, T], params=None, entropy=None [B, T])
     loss = aggregate(per_token_loss, mask, mode=spec.aggregation)
 
-`per_token_loss` is zero where mask is 0; `metrics` is the flat dict of Python floats of
+`per_token_loss` is zero where mask is 0 (float32 for half-precision inputs, else logp's dtype); `metrics` is the flat dict of Python floats of
 `workbench.regimes.regime_metrics`. `params=None` means the objective's registered
 defaults (dapo's are not grpo's, although both take `ClipParams`).
 
@@ -251,10 +251,12 @@ def _prepare(logp, old_logp, advantages, mask, entropy):
         failed = [msg for msg, bad in zip(checks, torch.stack(list(checks.values())).tolist()) if bad]
     if failed:
         raise ValueError("; ".join(failed) + " (got NaN/inf or other values there)")
+    # Half-precision ratios resolve ~0.8% near 1, as coarse as the clip decisions they feed.
+    dtype = torch.float32 if logp.dtype in (torch.float16, torch.bfloat16) else logp.dtype
     # Zero the padding so that garbage there cannot reach values or gradients (0 * NaN).
-    logp = torch.where(m, logp, 0.0)
-    old_logp = torch.where(m, old_logp.detach(), 0.0)
-    adv = torch.where(m, adv, 0.0)
+    logp = torch.where(m, logp.to(dtype), 0.0)
+    old_logp = torch.where(m, old_logp.detach().to(dtype), 0.0)
+    adv = torch.where(m, adv.to(dtype), 0.0)
     return logp, old_logp, adv, m
 
 
@@ -368,6 +370,6 @@ def dispo(logp, old_logp, adv, mask, params: DispoParams) -> Terms:
     mask_mode, where the token was dropped).
     """
     pos = adv > 0
-    lo = torch.where(pos, 1 - params.eps_pos_down, 1 - params.eps_neg_down).to(logp.dtype)
-    hi = torch.where(pos, 1 + params.eps_pos_up, 1 + params.eps_neg_up).to(logp.dtype)
+    lo = torch.full_like(logp, 1 - params.eps_neg_down).masked_fill(pos, 1 - params.eps_pos_down)
+    hi = torch.full_like(logp, 1 + params.eps_neg_up).masked_fill(pos, 1 + params.eps_pos_up)
     return _clipped_is_weight(logp, _ratio(logp, old_logp), adv, lo, hi, params.mask_mode)

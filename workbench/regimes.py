@@ -111,16 +111,17 @@ def regime_metrics(
     per_token = [torch.ones_like(r), clipped.float(), w, (w - r).abs(), r]
     if entropy is not None:
         per_token.append(torch.where(m, entropy.float(), 0.0))
-    regimes = regime_masks(r, adv, m).flatten(1).float()  # (4, B*T)
-    sums = regimes @ torch.stack(per_token).flatten(1).T  # (4, K)
+    # float64: exact token counts, and immune to TF32 matmuls that a trainer may switch on.
+    regimes = regime_masks(r, adv, m).flatten(1).double()  # (4, B*T)
+    sums = regimes @ torch.stack(per_token).flatten(1).double().T  # (4, K)
     masked_ratio_max = torch.where(m, r, -torch.inf).max() if r.numel() else r.new_tensor(-torch.inf)
     totals = torch.stack(
         (
-            (m & (adv != 0)).sum().float(),
-            m.sum().float(),
-            r.sum(),
-            torch.where(m, (r - 1).abs(), 0.0).sum(),
-            masked_ratio_max,
+            (m & (adv != 0)).sum().double(),
+            m.sum().double(),
+            r.double().sum(),
+            torch.where(m, (r - 1).abs(), 0.0).double().sum(),
+            masked_ratio_max.double(),
         )
     )
     host = torch.cat((sums.flatten(), totals)).tolist()
