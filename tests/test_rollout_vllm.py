@@ -276,3 +276,9 @@ def test_an_in_memory_model_is_saved_for_the_engine_and_removed_at_close():
     assert (saved / "config.json").exists()
     backend.close()
     assert not saved.exists()
+
+
+def test_a_micro_model_name_is_refused_since_the_engine_cannot_load_it():
+    with pytest.raises(ValueError, match="pass the model itself"):
+        make_vllm_backend("micro-3m", CharTokenizer(), RolloutConfig(backend="vllm"), seed=0,
+                          llm_factory=lambda **k: FakeLLM(k), sampling_params_cls=SamplingParams)

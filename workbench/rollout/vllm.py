@@ -51,6 +51,7 @@ import torch
 
 from workbench.config import RolloutConfig
 from workbench.errors import UserError
+from workbench.models import is_micro
 from workbench.rollout.base import Rollouts, Sampling
 
 MISSING_VLLM = "rollout.backend: vllm is not installed; install the GPU extra: pip install '.[gpu]'"
@@ -223,6 +224,8 @@ def make_vllm_backend(model_path: str | torch.nn.Module, tokenizer, cfg: Rollout
     `gpu_memory_utilization` is a share of the whole GPU, checked against the memory free
     when the engine starts: build the backend before the optimizer allocates its state.
     """
+    if isinstance(model_path, str) and is_micro(model_path):
+        raise ValueError(f"make_vllm_backend: {model_path} is built in memory; pass the model itself, which is saved for the engine")
     workdir = None
     if isinstance(model_path, torch.nn.Module):
         workdir = tempfile.TemporaryDirectory(prefix="dispo-vllm-")
