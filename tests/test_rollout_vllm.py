@@ -282,3 +282,114 @@ def test_a_micro_model_name_is_refused_since_the_engine_cannot_load_it():
     with pytest.raises(ValueError, match="pass the model itself"):
         make_vllm_backend("micro-3m", CharTokenizer(), RolloutConfig(backend="vllm"), seed=0,
                           llm_factory=lambda **k: FakeLLM(k), sampling_params_cls=SamplingParams)
+
+
+class SamplingEngine:
+    """Stands in for vllm.LLM inside the trainer: samples with the transformers model saved at
+    `model`, returns the processed log-prob of each sampled token, and records calls."""
+
+    instances: list["SamplingEngine"] = []
+
+    def __init__(self, model, seed, **kwargs):
+        from transformers import AutoModelForCausalLM
+
+        self.hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.calls: list = []
+        SamplingEngine.instances.append(self)
+
+    def sleep(self, level=1):
+        self.calls.append("sleep")
+
+    def wake_up(self, tags=None):
+        self.calls.append(f"wake_up:{tags[0]}")
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset_prefix_cache")
+
+    def apply_model(self, fn):
+        hf = self.hf
+
+        class Loader:
+            def load_weights(self, weights):
+                state = dict(weights)
+                hf.load_state_dict(state, strict=False)
+                return set(state)
+
+            def named_parameters(self):
+                return hf.named_parameters()
+
+        self.calls.append("load_weights")
+        return [fn(Loader())]
+
+    @torch.no_grad()
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls.append("generate")
+        out = []
+        for p in prompts:
+            kw = params.kwargs
+            ids = torch.tensor([p["prompt_token_ids"]] * kw["n"])
+            torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=self.generator)))
+            gen = self.hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=kw["temperature"],
+                                   top_p=kw["top_p"], top_k=0, max_new_tokens=kw["max_tokens"], eos_token_id=kw["stop_token_ids"],
+                                   pad_token_id=kw["stop_token_ids"][0], output_scores=True, return_dict_in_generate=True)
+            comps = []
+            for j in range(kw["n"]):
+                toks = gen.sequences[j, ids.shape[1]:].tolist()
+                stop = next((t for t, tok in enumerate(toks) if tok in kw["stop_token_ids"]), None)
+                toks = toks if stop is None else toks[:stop + 1]
+                logp = [torch.log_softmax(gen.scores[t][j].float(), -1)[tok].item() for t, tok in enumerate(toks)]
+                comps.append(completion(j, toks, "length" if stop is None else "stop", logp))
+            out.append(SimpleNamespace(outputs=comps))
+        return out
+
+
+def test_trainer_on_the_vllm_backend_syncs_each_step_and_its_logps_line_up(monkeypatch, tmp_path):
+    """Interface test through workbench.trainer.train with the stand-in SamplingEngine: the trainer's
+    old_logp and the engine's sampling log-probs come from the same weights, so the logged mismatch
+    is float noise only if every sampled token's log-prob sits at the right position."""
+    from dataclasses import dataclass as dc
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import workbench.rollout.vllm as backend_module
+    from workbench import tracking
+    from workbench.config import build_run_config
+    from workbench.models import build_char_tokenizer
+    from workbench.trainer import train
+
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                 num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+
+    @dc
+    class EngineArgs:
+        logprobs_mode: str = ""
+        generation_config: str = ""
+
+    fake_vllm = SimpleNamespace(LLM=SamplingEngine, SamplingParams=SamplingParams, EngineArgs=EngineArgs)
+    monkeypatch.setattr(backend_module, "import_vllm", lambda: fake_vllm)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # restored after the test
+    SamplingEngine.instances.clear()
+    cfg = build_run_config({
+        "steps": 2, "seed": 0, "updates_per_rollout": 2, "rollout_lag": 1, "lr": 1e-3, "sample_every": 100,
+        "checkpoint_every": 100, "model": {"name": str(tmp_path / "m"), "device": "cpu"},
+        "rollout": {"backend": "vllm", "prompts_per_step": 3, "group_size": 2, "max_new_tokens": 6, "temperature": 0.8},
+        "eval": {"benchmarks": ["micro"], "every": 100, "k": 2, "limit": 2},
+    })
+    logged: list[dict] = []
+    monkeypatch.setattr(tracking.NullTracker, "log_metrics", lambda self, m, step: logged.append(m))
+    result = train(cfg, progress=False, track=False, checkpoint_root=str(tmp_path / "ckpt"))
+
+    assert result.status == "FINISHED"
+    (engine,) = SamplingEngine.instances
+    step = ["wake_up:weights", "load_weights", "reset_prefix_cache", "wake_up:kv_cache", "generate", "sleep"]
+    assert engine.calls[0] == "sleep"  # built asleep
+    assert engine.calls.count("generate") >= 2  # two steps, plus evaluations
+    for i in [j for j, c in enumerate(engine.calls) if c == "wake_up:weights"]:
+        assert engine.calls[i:i + 6] == step
+    mismatch = [m["rollout/logp_mismatch_max"] for m in logged if "rollout/logp_mismatch_max" in m]
+    assert len(mismatch) == 2 and max(mismatch) < 1e-4
