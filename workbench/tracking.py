@@ -144,5 +144,104 @@ def download_text(run_id: str, artifact_file: str, tracking_uri: str | None = No
 
 # ---- studies: used by sweep.py ----
 
+_TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+
+def open_study_run(*, study_name: str, experiment: str, tags: dict[str, str], texts: dict[str, str] | None = None,
+                   files: list[str | Path] | None = None, tracking_uri: str | None = None) -> str:
+    """The study's parent run: the one tagged `dispo.study`=study_name is reopened, else one is created.
+
+    Reopening (not duplicating) keeps one run tree per study however often a sweep resumes. A
+    run of the same name on another Optuna storage (tag `optuna.storage`) is another study.
+    """
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    found = [r for r in client.search_runs([exp_id], f"tags.`dispo.study` = '{study_name}' and tags.`dispo.kind` = 'study'",
+                                           order_by=["attributes.start_time ASC"])
+             if r.data.tags.get("optuna.storage") == tags.get("optuna.storage")]
+    all_tags = {**tags, "dispo.kind": "study", "dispo.study": study_name}
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        _set_tags(client, run_id, all_tags)
+    else:
+        run_id = client.create_run(exp_id, run_name=study_name, tags=all_tags).info.run_id
+    for name, text in (texts or {}).items():
+        client.log_text(run_id, text, name)
+    for path in files or []:
+        client.log_artifact(run_id, str(path))
+    return run_id
+
+
+def close_study_run(run_id: str, *, status: str, metrics: dict[str, float] | None = None,
+                    tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> None:
+    client = _client(tracking_uri)
+    _log_values(client, run_id, metrics or {}, tags or {})
+    client.set_terminated(run_id, status=status)
+
+
+def open_trial_run(*, parent_run_id: str, study_name: str, trial_number: int, params: dict[str, Any],
+                   tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> str:
+    """A child run of the study run for one trial; the trainer's runs (one per seed) nest under it."""
+    from mlflow.entities import Param
+
+    client = _client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    all_tags = {**(tags or {}), "mlflow.parentRunId": parent_run_id, "dispo.kind": "trial",
+                "dispo.study": study_name, "dispo.trial": str(trial_number), "dispo.state": "RUNNING"}
+    run = client.create_run(parent.info.experiment_id, run_name=f"{study_name}-t{trial_number:04d}", tags=all_tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()],
+                     synchronous=True)
+    return run.info.run_id
+
+
+def close_trial_run(run_id: str, *, state: str, metrics: dict[str, float] | None = None,
+                    tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> None:
+    """Write the trial's values and Optuna state back; COMPLETE and PRUNED end FINISHED, FAIL ends FAILED."""
+    client = _client(tracking_uri)
+    _log_values(client, run_id, metrics or {}, {**(tags or {}), "dispo.state": state})
+    client.set_terminated(run_id, status=_TRIAL_STATUS.get(state, "FAILED"))
+
+
+def kill_runs(run_ids: list[str], reason: str, tracking_uri: str | None = None) -> int:
+    """Mark runs left RUNNING by a killed sweep, and their RUNNING children, KILLED; returns how many."""
+    client = _client(tracking_uri)
+    killed = 0
+    todo = list(run_ids)
+    while todo:
+        run_id = todo.pop()
+        run = client.get_run(run_id)
+        children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+        todo += [c.info.run_id for c in children]
+        if run.info.status == "RUNNING":
+            _set_tags(client, run_id, {"failure_reason": reason, "dispo.state": "FAIL"} if
+                      run.data.tags.get("dispo.kind") == "trial" else {"failure_reason": reason})
+            client.set_terminated(run_id, status="KILLED")
+            killed += 1
+    return killed
+
+
+def kill_running_trials(parent_run_id: str, reason: str, tracking_uri: str | None = None) -> int:
+    """After a sweep died: every RUNNING run beneath the study run (trials, seed runs) becomes KILLED."""
+    client = _client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return kill_runs([c.info.run_id for c in children], reason, tracking_uri)
+
+
+def _set_tags(client, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+def _log_values(client, run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
 
 # ---- reading: used by report.py ----

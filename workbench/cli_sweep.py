@@ -1,0 +1,141 @@
+"""`dispo-wb sweep`: run a study file (`sweep STUDY.yaml`, alias `sweep run`), or `sweep status STUDY`.
+
+Imported by `workbench.cli` at start-up, so heavy modules (optuna, mlflow) load inside commands.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from workbench.config import ConfigError
+from workbench.errors import UserError
+
+
+class _RunByDefault(TyperGroup):
+    """`dispo-wb sweep FILE ...` means `dispo-wb sweep run FILE ...`."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+sweep_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, add_completion=False,
+                        help="Optuna studies over the clip space: `dispo-wb sweep STUDY.yaml`, `dispo-wb sweep status STUDY`.")
+
+
+def _fail(lines: list[str] | str, code: int = 2) -> None:
+    for line in [lines] if isinstance(lines, str) else lines:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+@sweep_app.command("run")
+def run_cmd(
+    study: Annotated[Path, typer.Argument(help="study file (YAML), e.g. studies/clip_grid.yaml")],
+    workers: Annotated[Optional[int], typer.Option(min=1, help="trials at once, as processes (default: the file's `workers`)")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: journal file path or database URL (postgresql://...)")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default sqlite:///mlflow.db)")] = None,
+    train_fn: Annotated[str, typer.Option(hidden=True, help="training function as module.name (tests, benchmarks)")] = "workbench.trainer.train",
+) -> None:
+    """Run a study, or continue it: finished trials are kept, interrupted ones are run again."""
+    from workbench.study import load_study_file
+    from workbench.sweep import run_study
+
+    try:
+        spec = load_study_file(study)
+    except ConfigError as e:
+        _fail([f"{study}: {line}" for line in e.lines])
+    try:
+        result = run_study(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, train_fn=train_fn,
+                           echo=typer.echo)
+    except UserError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        typer.echo("sweep interrupted; run the same command to continue it", err=True)
+        raise typer.Exit(130)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
+    typer.echo(f"study {result.study_name}: {counts} in {result.wall_s:.0f}s")
+    typer.echo(f"  trials:  dispo-wb sweep status {study}")
+    typer.echo(f"  MLflow:  mlflow ui --backend-store-uri {_tracking(tracking_uri)}  (parent run {result.parent_run_id})")
+    typer.echo(f"  report:  dispo-wb report {result.study_name}")
+    if not result.complete:
+        _fail(f"study {result.study_name} is not complete (failed trials are listed by `dispo-wb sweep status`); "
+              "run the same command again to retry them", code=1)
+
+
+@sweep_app.command("status")
+def status_cmd(
+    study: Annotated[str, typer.Argument(help="study file (YAML) or study name")],
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default: the study file's)")] = None,
+) -> None:
+    """Trials of a study, read from its Optuna storage alone: params, values, state, collapse, MLflow run."""
+    from rich.console import Console
+
+    from workbench.sweep import study_status
+
+    try:
+        info = study_status(study, storage)
+    except ConfigError as e:
+        _fail([f"{study}: {line}" for line in e.lines])
+    except UserError as e:
+        _fail(str(e))
+    console = Console()
+    console.print(render_status(info))
+    if not info.rows:
+        console.print(f"study {info.name} has no trials yet")
+    elif info.best:
+        what = "best trial" if len(info.directions) == 1 else "Pareto front"
+        console.print(f"{what}: {', '.join(f'#{n}' for n in info.best)}")
+    else:
+        console.print("no trial has completed yet")
+
+
+def render_status(info) -> Any:
+    """A rich Table of a `sweep.StudyStatus`."""
+    from rich.table import Table
+
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(info.counts.items())) or "no trials"
+    target = f" of {info.n_trials}" if info.n_trials else ""
+    table = Table(title=f"study {info.name}: {counts}{target}", caption=f"storage {info.storage}")
+    params = sorted({k for r in info.rows for k in r.params})
+    table.add_column("#", justify="right")
+    table.add_column("state")
+    for p in params:
+        table.add_column(p, justify="right")
+    for label in info.directions:
+        table.add_column(label, justify="right")
+    for name in ("collapse", "MLflow run", "time", "note"):
+        table.add_column(name)
+    best = set(info.best)
+    styles = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
+    for r in info.rows:
+        values = r.values or [None] * len(info.directions)
+        table.add_row(f"{r.number}{'*' if r.number in best else ''}", f"[{styles.get(r.state, '')}]{r.state}",
+                      *[_fmt(r.params.get(p)) for p in params], *[_fmt(v) for v in values],
+                      r.collapse or "", r.run_id or "", f"{r.duration_s:.0f}s" if r.duration_s is not None else "",
+                      r.note)
+    return table
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _tracking(uri: str | None) -> str:
+    import os
+
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sweep_app, name="sweep")
