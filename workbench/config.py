@@ -48,10 +48,17 @@ class SFTConfig(Strict):
     target_low: float = Field(0.30, ge=0, le=1, description="stop once held-out greedy accuracy reaches this")
     target_high: float = Field(0.50, ge=0, le=1, description="upper edge of the accuracy band the warm start aims for")
     max_steps: int = Field(4000, ge=1, description="give up after this many SFT steps")
-    lr: float = Field(3e-3, gt=0, description="SFT learning rate")
-    batch_size: int = Field(64, ge=1, description="SFT sequences per step")
-    eval_every: int = Field(100, ge=1, description="SFT steps between greedy accuracy checks")
+    lr: float = Field(1e-3, gt=0, description="SFT learning rate (AdamW, after warmup)")
+    warmup_steps: int = Field(50, ge=0, description="SFT steps of linear learning-rate warmup")
+    batch_size: int = Field(32, ge=1, description="SFT sequences per step")
+    eval_every: int = Field(20, ge=1, description="SFT steps between greedy accuracy checks")
     cache_dir: str = Field(".cache/sft", description="where warm starts are stored, keyed by task, model and seed")
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> "SFTConfig":
+        if self.target_low > self.target_high:
+            raise ValueError(f"target_low ({self.target_low}) must be <= target_high ({self.target_high})")
+        return self
 
 
 class RolloutConfig(Strict):
@@ -130,6 +137,7 @@ class RunConfig(Strict):
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
     reward_workers: int = Field(1, ge=1, description="math-verify worker processes")
     reward_timeout_s: float = Field(2.0, gt=0, description="hard wall-clock limit per answer")
+    reward_require_boxed: bool = Field(True, description="only a \\boxed{} answer scores; a truncated scratchpad must not")
     sample_every: int = Field(10, ge=1, description="steps between logged tables of sample rollouts")
     checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None leaves torch's default")

@@ -15,6 +15,10 @@ def make_backend(config, model: torch.nn.Module, tokenizer, device: torch.device
         from workbench.rollout.hf import HFBackend
 
         return HFBackend(model, tokenizer, device)
+    from workbench.models import is_micro
     from workbench.rollout.vllm import make_vllm_backend
 
-    return make_vllm_backend(config.model.name, tokenizer, config.rollout, config.seed)
+    # A micro model exists only in memory: the engine gets it saved to a folder.
+    source = model if is_micro(config.model.name) else config.model.name
+    return make_vllm_backend(source, tokenizer, config.rollout, config.seed,
+                             trust_remote_code=config.model.trust_remote_code)

@@ -1,0 +1,124 @@
+"""The RL loop end to end on a micro-0.5m model, checked through MlflowClient.
+
+Run: pytest tests/test_trainer.py   (about a minute on 2 cores)
+"""
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from workbench import trainer as trainer_mod
+from workbench.config import build_run_config
+from workbench.trainer import train
+
+DESIGN_KEYS = [f"regime/{r}/{s}" for r in ("pos_up", "pos_down", "neg_up", "neg_down")
+               for s in ("token_frac", "clip_frac", "entropy", "weight_mean", "clip_mass")] + [
+    "ratio/abs_dev_mean", "entropy/mean", "loss/policy", "grad/norm", "ratio/mean", "ratio/max",
+    "response/length_mean", "response/length_correct", "response/length_incorrect", "response/truncated_frac",
+    "response/repetition_rate", "reward/mean", "train/accuracy", "batch/zero_adv_group_frac",
+    "perf/rollout_tokens_per_s", "perf/step_s", "reward/timeout_frac"]
+
+
+def tiny_config(**over):
+    data = {"model": {"name": "micro-0.5m"}, "sft": {"enabled": False}, "steps": 3, "threads": 1, "seed": 7,
+            "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 24}, "updates_per_rollout": 4,
+            "rollout_lag": 4, "lr": 1e-3, "eval": {"every": 2, "k": 2, "limit": 8}, "sample_every": 2,
+            # An untrained model never answers right; the length penalty still gives groups mixed rewards.
+            "overlong": {"enabled": True, "buffer": 20, "factor": 1.0}}
+    data.update(over)
+    return build_run_config(data)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "ck")
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_every_metric_logged_once_per_step_with_params_and_config(store):
+    uri, ck = store
+    result = train(tiny_config(), tracking_uri=uri, progress=False, checkpoint_root=ck)
+    assert result.status == "FINISHED" and result.steps_done == 3
+    c = MlflowClient(uri)
+    run = c.get_run(result.run_id)
+    for key in DESIGN_KEYS:
+        assert [s for s, _ in history(c, result.run_id, key)] == [1, 2, 3], key
+    assert [s for s, _ in history(c, result.run_id, "eval/micro/accuracy")] == [0, 2, 3]
+    assert [s for s, _ in history(c, result.run_id, "eval/micro/pass_at_2")] == [0, 2, 3]
+    assert run.data.params["objective.name"] == "dispo" and run.data.params["rollout_lag"] == "4"
+    assert run.data.tags["objective"] == "dispo" and run.data.tags["model"] == "micro-0.5m"
+    arts = {a.path for a in c.list_artifacts(result.run_id)}
+    assert {"config.yaml", "rollouts"} <= arts
+    # lagged rollouts move the importance ratio away from 1
+    assert all(v > 0 for _, v in history(c, result.run_id, "ratio/abs_dev_mean")[1:])
+
+
+def test_same_seed_same_metrics(store, tmp_path):
+    uri, ck = store
+    a = train(tiny_config(steps=2), tracking_uri=uri, progress=False, checkpoint_root=ck)
+    b = train(tiny_config(steps=2), tracking_uri=uri, progress=False, checkpoint_root=ck)
+    c = MlflowClient(uri)
+    for key in ["loss/policy", "ratio/abs_dev_mean", "entropy/mean", "response/length_mean", "eval/micro/accuracy"]:
+        assert history(c, a.run_id, key) == history(c, b.run_id, key), key
+
+
+def test_interrupt_checkpoints_and_resume_continues_the_step_axis(store):
+    uri, ck = store
+
+    def interrupt(step, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the step finishes, then the run stops
+        return False
+
+    first = train(tiny_config(steps=4, eval={"every": 2, "k": 2, "limit": 8}), tracking_uri=uri, progress=False,
+                  checkpoint_root=ck, on_eval=interrupt)
+    assert first.status == "KILLED" and first.steps_done == 2
+    c = MlflowClient(uri)
+    assert c.get_run(first.run_id).info.status == "KILLED"
+    again = train(tiny_config(steps=4), tracking_uri=uri, progress=False, checkpoint_root=ck, resume_run_id=first.run_id)
+    assert again.run_id == first.run_id and again.status == "FINISHED" and again.steps_done == 4
+    assert [s for s, _ in history(c, first.run_id, "loss/policy")] == [1, 2, 3, 4]
+    assert c.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_crash_inside_a_step_marks_the_run_failed_with_reason(store, monkeypatch):
+    uri, ck = store
+
+    def boom(*a, **k):
+        raise RuntimeError("reward service exploded")
+
+    monkeypatch.setattr(trainer_mod, "response_metrics", boom)
+    with pytest.raises(RuntimeError, match="exploded"):
+        train(tiny_config(), tracking_uri=uri, progress=False, checkpoint_root=ck)
+    c = MlflowClient(uri)
+    run = c.search_runs([c.get_experiment_by_name("dispo-wb").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert "reward service exploded" in run.data.tags["failure_reason"]
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkeypatch):
+    uri, ck = store
+    real = trainer_mod.aggregate
+    calls = {"n": 0}
+
+    def poisoned(per_token, mask, mode):
+        calls["n"] += 1
+        loss = real(per_token, mask, mode=mode)
+        return loss * math.nan if calls["n"] > 4 else loss  # step 1 (4 updates) is fine, step 2 goes NaN
+
+    monkeypatch.setattr(trainer_mod, "aggregate", poisoned)
+    result = train(tiny_config(checkpoint_every=1), tracking_uri=uri, progress=False, checkpoint_root=ck)
+    assert result.status == "FAILED" and result.reason == "nan_loss"
+    c = MlflowClient(uri)
+    run = c.get_run(result.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "nan_loss"
+    state = torch.load(os.path.join(ck, result.run_id, "state.pt"), weights_only=False)
+    assert state["step"] == 1
+    assert all(torch.isfinite(v).all() for v in state["policy"].values())

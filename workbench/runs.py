@@ -1,0 +1,79 @@
+"""What the `train` and `eval` commands do between parsing and the trainer.
+
+Building a config from a file plus flags, recovering a run's config to resume it, and
+evaluating a saved model. Kept apart from cli.py so the same steps are callable from
+Python and from the sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from workbench import tracking
+from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
+from workbench.errors import UserError
+
+
+def run_config_from_cli(path: Path | None, flags: dict[str, Any]) -> RunConfig:
+    data = read_yaml(path) if path else {}
+    return build_run_config(data, {k: v for k, v in flags.items() if v is not None})
+
+
+def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, Any]) -> RunConfig:
+    """The config a run was started with (its `config.yaml` artifact), optionally with more steps."""
+    try:
+        info = tracking.run_info(run_id, tracking_uri)
+    except Exception as e:  # MLflow raises its own exception types for unknown ids
+        raise UserError(f"--resume: no run {run_id!r} in {tracking.resolve_tracking_uri(tracking_uri)} ({type(e).__name__})") from None
+    if info["status"] == "FINISHED":
+        raise UserError(f"--resume: run {run_id} already FINISHED; start a new run instead")
+    from workbench.checkpoint import checkpoint_path
+
+    if not checkpoint_path(run_id).exists():
+        raise UserError(f"--resume: run {run_id} has no checkpoint at {checkpoint_path(run_id)}")
+    data = yaml.safe_load(tracking.download_text(run_id, "config.yaml", tracking_uri))
+    return build_run_config(data, {k: v for k, v in overrides.items() if v is not None})
+
+
+def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, temperature: float, limit: int | None,
+                        max_new_tokens: int, seed: int) -> dict[str, float]:
+    from workbench.evaluation import evaluate
+    from workbench.models import build_prompt, is_micro, load_policy, select_device
+    from workbench.rewards import RewardPool, score_answer
+    from workbench.rollout.hf import HFBackend
+    from workbench.tasks.benchmarks import load_benchmark
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if not is_micro(checkpoint) and not Path(checkpoint).exists():
+        raise UserError(f"--checkpoint: {checkpoint} is not a saved model folder or a micro model name")
+    mcfg = ModelConfig(name=checkpoint)
+    try:
+        model, tok = load_policy(mcfg, seed)
+    except ValueError as e:
+        raise UserError(f"--checkpoint: {e}") from None
+    device = select_device(mcfg)
+    model = model.to(device).eval()
+    backend = HFBackend(model, tok, device)
+    micro_prompts = is_micro(checkpoint) or getattr(tok, "chat_template", None) is None
+    out: dict[str, float] = {}
+    with RewardPool(workers=1, scorer=functools.partial(score_answer, require_boxed=True)) as pool:
+        for name in benchmarks:
+            try:
+                problems = load_benchmark(name, TaskConfig(), limit=limit)
+            except ValueError as e:
+                raise UserError(f"--benchmark: {e}") from None
+            key = "".join(c if c.isalnum() or c in "_." else "_" for c in name.lower())
+            out.update(evaluate(backend, tok, problems, benchmark=key, k=k, temperature=temperature,
+                                max_new_tokens=max_new_tokens, score=lambda t, g: pool.score(t, g).rewards,
+                                prompt_of=lambda q: build_prompt(tok, q, micro_prompts)))
+    return out
+
+
+__all__ = ["run_config_from_cli", "resume_config", "evaluate_checkpoint", "ConfigError"]

@@ -1,0 +1,414 @@
+"""The RL loop: rollout -> rewards -> advantages -> off-policy minibatch updates -> metrics.
+
+Where this departs from a textbook GRPO step, and why:
+- Off-policy lag is an explicit axis. Each rollout batch is split into
+  `updates_per_rollout / epochs` minibatches and taken `epochs` times, and rollouts come
+  from a policy snapshot `rollout_lag` optimizer steps old (as in asynchronous RL). With
+  fresh on-policy rollouts r == 1 and no clip bound ever binds, which would make a clip
+  ablation meaningless (DESIGN.md section 1).
+- `old_logp` is recomputed with the snapshot's weights by the same forward code as `logp`,
+  never taken from the sampler: a sampler's log-probs differ from the trainer's forward
+  pass, and that alone would move r away from 1.
+- Log-probs and entropy are taken at the sampling temperature.
+- Dynamic sampling (DAPO) drops all-equal groups from the update instead of sampling
+  more prompts to refill the batch, so every step costs the same; the share dropped is
+  `batch/zero_adv_group_frac`.
+- Step numbers count completed rollout batches: training metrics of the first step are
+  logged at step 1, the evaluation before any update at step 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import random
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Callable
+
+import torch
+
+from workbench import checkpoint, tracking
+from workbench.advantages import group_advantages, overlong_penalty, zero_adv_groups
+from workbench.batching import pack, response_logp, response_logp_chunked
+from workbench.collapse import detect_collapse
+from workbench.config import RunConfig, dump_yaml, flatten
+from workbench.evaluation import evaluate
+from workbench.metrics import response_metrics
+from workbench.models import build_prompt, is_micro, load_policy, select_device
+from workbench.objectives import aggregate, get_spec
+from workbench.regimes import REGIMES
+from workbench.rewards import RewardPool, score_answer
+from workbench.rollout import make_backend
+from workbench.rollout.base import Sampling
+from workbench.sft import warm_start
+from workbench.tasks.benchmarks import load_benchmark
+from workbench.tasks.micro import build_task
+
+
+STEP_UPDATE_KEYS = tuple(f"regime/{r}/{s}" for r in REGIMES
+                         for s in ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy")) + (
+    "ratio/mean", "ratio/max", "ratio/abs_dev_mean", "loss/policy", "grad/norm", "entropy/mean")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # FINISHED | FAILED | KILLED | STOPPED (ended early by on_eval or a collapse stop)
+    steps_done: int
+    wall_s: float
+    final_eval: dict[str, float] = field(default_factory=dict)
+    best_eval: dict[str, float] = field(default_factory=dict)
+    collapse: str | None = None
+    collapse_step: int | None = None
+    entropy_first: float = math.nan
+    entropy_last: float = math.nan
+    reason: str | None = None
+
+
+class NanLoss(RuntimeError):
+    pass
+
+
+class _StopFlag:
+    """First Ctrl-C / SIGTERM: finish the current step, checkpoint, end KILLED. Second: stop now."""
+
+    def __init__(self):
+        self.set = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: str | None = None,
+          extra_tags: dict[str, str] | None = None, on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+          resume_run_id: str | None = None, progress: bool = True, track: bool = True,
+          checkpoint_root: str | None = None) -> RunResult:
+    """Run one training run to the end (or until stopped) and return its summary."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = _Run(config, checkpoint_root)
+    tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
+            "git_commit": tracking.git_commit(), "dispo.kind": "train", **(extra_tags or {})}
+    params = {k: v for k, v in flatten(config.model_dump(mode="python")).items()}
+    tracker_cls = tracking.RunTracker if track else tracking.NullTracker
+    tracker = tracker_cls(experiment=config.experiment, run_name=config.resolved_run_name(), tracking_uri=tracking_uri,
+                          params=params, tags=tags, artifacts={"config.yaml": dump_yaml(config)},
+                          parent_run_id=parent_run_id, resume_run_id=resume_run_id)
+    run.run_id = tracker.run_id
+    try:
+        scorer = functools.partial(score_answer, require_boxed=config.reward_require_boxed)
+        with _StopFlag() as stop, RewardPool(workers=config.reward_workers, timeout_s=config.reward_timeout_s,
+                                             scorer=scorer) as pool:
+            run.setup(pool, resume=resume_run_id is not None)
+            status = run.loop(tracker, stop, on_eval, progress)
+    except NanLoss:
+        tracker.set_tags({"nan_loss": "true"})
+        tracker.finish("FAILED", "nan_loss")
+        return run.result("FAILED", "nan_loss")
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted")
+        return run.result("KILLED", "interrupted")
+    except BaseException as e:
+        tracker.finish("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    if status == "KILLED":
+        tracker.finish("KILLED", "interrupted; resume with dispo-wb train --resume " + run.run_id)
+    else:
+        tracker.finish("FINISHED")
+    return run.result(status)
+
+
+class _Run:
+    """State of one run; methods are the phases of a step."""
+
+    def __init__(self, config: RunConfig, checkpoint_root: str | None):
+        self.cfg = config
+        self.ckpt_root = checkpoint_root
+        self.run_id = ""
+        self.step = 0
+        self.t0 = time.time()
+        self.history: dict[str, list[float]] = {"entropy/mean": [], "response/repetition_rate": [],
+                                                "response/length_mean": []}
+        self.last_eval: dict[str, float] = {}
+        self.best_eval: dict[str, float] = {}
+        self.collapse: tuple[str | None, int | None] = (None, None)
+
+    # ---- set-up ----
+    def setup(self, pool: RewardPool, resume: bool) -> None:
+        cfg = self.cfg
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.device = select_device(cfg.model)
+        if is_micro(cfg.model.name) and cfg.sft.enabled:
+            model, self.tok, _ = warm_start(cfg)
+        else:
+            model, self.tok = load_policy(cfg.model, cfg.seed)
+        self.policy = model.to(self.device).train()
+        self.micro = is_micro(cfg.model.name)
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.task = build_task(cfg.task)
+        self.task_rng = random.Random(cfg.seed)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.pool = pool
+        # Lagged rollouts sample from (and old_logp is computed with) a separate copy holding an old snapshot.
+        lag = cfg.rollout_lag
+        self.old_policy = copy.deepcopy(self.policy).eval() if lag > 0 else self.policy
+        self.snapshots: deque = deque([_cpu_state(self.policy)], maxlen=lag + 1) if lag > 0 else deque()
+        self.backend = make_backend(cfg, self.old_policy, self.tok, self.device)
+        self.spec = get_spec(cfg.objective.name)
+        self.params = cfg.objective.build_params()
+        self.agg_mode = cfg.objective.aggregation or self.spec.aggregation
+        self.benchmarks = {name: load_benchmark(name, cfg.task, limit=cfg.eval.limit) for name in cfg.eval.benchmarks}
+        if resume:
+            self._restore(checkpoint.load(self.run_id, self.ckpt_root))
+
+    def prompt_of(self, question: str) -> str:
+        return build_prompt(self.tok, question, self.micro)
+
+    # ---- the loop ----
+    def loop(self, tracker, stop: _StopFlag, on_eval, show_progress: bool) -> str:
+        cfg = self.cfg
+        if self.step == 0:
+            self._evaluate(tracker, on_eval)
+        with _progress(show_progress, cfg.steps, self.step) as bar:
+            while self.step < cfg.steps:
+                metrics, samples = self.train_step()
+                self.step += 1
+                tracker.log_metrics(metrics, self.step)
+                for k in self.history:
+                    self.history[k].append(metrics.get(k, math.nan))
+                if self.step % cfg.sample_every == 0 or self.step == 1:
+                    tracker.log_table(samples, f"rollouts/step_{self.step:04d}.json")
+                stopped = self._check_collapse(tracker)
+                if self.step % cfg.eval.every == 0 or self.step == cfg.steps:
+                    stopped = self._evaluate(tracker, on_eval) or stopped
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set or stopped:
+                    checkpoint.save(self._state(), self.run_id, self.ckpt_root)
+                bar(self.step, metrics, self.last_eval)
+                if stopped:
+                    tracker.set_tags({"stopped_early": "true"})
+                    return "STOPPED"
+                if stop.set:
+                    return "KILLED"
+        return "FINISHED"
+
+    def train_step(self) -> tuple[dict[str, float], list[dict]]:
+        cfg = self.cfg
+        t_start = time.time()
+        problems = self.task.train_batch(self.task_rng, cfg.rollout.prompts_per_step)
+        prompts = [self.prompt_of(p.prompt) for p in problems]
+        self._load_rollout_policy()
+        self.backend.wake()
+        t_roll = time.time()
+        ro = self.backend.generate(prompts, cfg.rollout.group_size, Sampling(
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens))
+        roll_s = time.time() - t_roll
+        self.backend.sleep()
+        texts = self.tok.batch_decode(ro.response_ids, skip_special_tokens=True)
+        golds = [p.answer for p in problems for _ in range(cfg.rollout.group_size)]
+        scored = self.pool.score(texts, golds)
+        correct = torch.tensor([r > 0.5 for r in scored.rewards])
+        rewards = torch.tensor(scored.rewards, dtype=torch.float32)
+        lengths = torch.tensor([len(r) for r in ro.response_ids])
+        if cfg.overlong.enabled:
+            rewards = rewards + overlong_penalty(lengths, cfg.rollout.max_new_tokens, cfg.overlong.buffer, cfg.overlong.factor)
+        G = cfg.rollout.group_size
+        adv = group_advantages(rewards, G, cfg.advantage)
+        zero_groups = zero_adv_groups(rewards, G)
+
+        batch = pack(ro.prompt_ids, ro.response_ids, self.tok.pad_token_id, self.device)
+        old_logp = response_logp_chunked(self.old_policy, batch, cfg.rollout.temperature)
+        keep = torch.arange(len(batch))
+        if cfg.dynamic_sampling:
+            keep = keep[~zero_groups.repeat_interleave(G)]
+        update_metrics = self._update(batch, old_logp, adv.to(self.device), keep)
+        # Same keys every step: a regime with no tokens this step is NaN (undefined), not absent.
+        update_metrics = {**dict.fromkeys(STEP_UPDATE_KEYS, math.nan), **update_metrics}
+
+        metrics = {
+            **update_metrics,
+            **response_metrics(ro.response_ids, correct.tolist(), ro.finish_reasons),
+            **scored.metrics(),
+            "reward/mean": rewards.mean().item(),
+            "train/accuracy": correct.float().mean().item(),
+            "batch/zero_adv_group_frac": zero_groups.float().mean().item(),
+            "perf/rollout_tokens_per_s": lengths.sum().item() / max(roll_s, 1e-9),
+            "perf/step_s": time.time() - t_start,
+        }
+        if ro.sampling_logp is not None:
+            metrics.update(_logp_mismatch(ro.sampling_logp, old_logp, batch.mask))
+        samples = [{"prompt": problems[i // G].prompt, "response": texts[i], "gold": golds[i],
+                    "reward": float(rewards[i]), "advantage": float(adv[i]), "length": int(lengths[i]),
+                    "finish": ro.finish_reasons[i]} for i in range(0, len(texts), max(1, len(texts) // 16))]
+        return metrics, samples
+
+    def _update(self, batch, old_logp, adv, keep: torch.Tensor) -> dict[str, float]:
+        """`updates_per_rollout` optimizer steps over minibatches of the kept samples."""
+        cfg = self.cfg
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        maxes: dict[str, float] = {}
+        if len(keep) == 0:  # every group all-equal under dynamic sampling: nothing to learn from
+            return {"loss/policy": 0.0, "grad/norm": 0.0, "entropy/mean": math.nan}
+        for _ in range(cfg.epochs):
+            order = keep[torch.randperm(len(keep), generator=self.shuffle)]
+            for idx in torch.tensor_split(order, min(cfg.minibatches, len(order))):
+                mb = batch.select(idx)
+                logp, ent = response_logp(self.policy, mb, cfg.rollout.temperature, with_entropy=True)
+                per_token, m = self.spec.fn(logp, old_logp[idx], adv[idx], mb.mask, self.params, entropy=ent)
+                loss = aggregate(per_token, mb.mask, mode=self.agg_mode)
+                if not torch.isfinite(loss):
+                    raise NanLoss(f"loss is {loss.item()} at step {self.step + 1}")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.opt.step()
+                if self.snapshots:
+                    self.snapshots.append(_cpu_state(self.policy))
+                m["loss/policy"] = loss.item()
+                m["grad/norm"] = gnorm.item()
+                m["entropy/mean"] = ((ent * mb.mask).sum() / mb.mask.sum().clamp(min=1)).item()
+                for k, v in m.items():
+                    if math.isnan(v):  # a regime absent from a minibatch has no mean there
+                        continue
+                    if k.endswith("/max"):
+                        maxes[k] = max(v, maxes.get(k, -math.inf))
+                    else:
+                        sums[k] = sums.get(k, 0.0) + v
+                        counts[k] = counts.get(k, 0) + 1
+        return {**{k: sums[k] / counts[k] for k in sums}, **maxes}
+
+    def _load_rollout_policy(self) -> None:
+        """Put the snapshot `rollout_lag` updates old into old_policy and into the rollout engine."""
+        if self.snapshots:
+            self.old_policy.load_state_dict(self.snapshots[0])
+        self.backend.sync_weights(_named_state(self.old_policy, getattr(self.backend, "model", None)))
+
+    # ---- evaluation, collapse, checkpoints ----
+    def _evaluate(self, tracker, on_eval) -> bool:
+        cfg = self.cfg
+        self.backend.sync_weights(_named_state(self.policy, getattr(self.backend, "model", None)))
+        self.backend.wake()
+        metrics: dict[str, float] = {}
+        for name, problems in self.benchmarks.items():
+            metrics.update(evaluate(self.backend, self.tok, problems, benchmark=_key(name), k=cfg.eval.k,
+                                    temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                                    score=lambda t, g: self.pool.score(t, g).rewards, prompt_of=self.prompt_of))
+        self.backend.sleep()
+        tracker.log_metrics(metrics, self.step)
+        self.last_eval = metrics
+        for k, v in metrics.items():
+            self.best_eval[k] = max(v, self.best_eval.get(k, -math.inf))
+        return bool(on_eval and on_eval(self.step, metrics))
+
+    def _check_collapse(self, tracker) -> bool:
+        if self.collapse[0] is not None:
+            return False
+        steps = list(range(1, len(self.history["response/length_mean"]) + 1))
+        verdict = detect_collapse(steps, self.history["response/repetition_rate"],
+                                  self.history["response/length_mean"], self.cfg.collapse)
+        if verdict.kind is None:
+            return False
+        self.collapse = (verdict.kind, verdict.onset_step)
+        tracker.set_tags({"collapse": verdict.kind, "collapse_step": str(verdict.onset_step)})
+        return self.cfg.collapse.stop
+
+    def _state(self) -> dict:
+        return {"step": self.step, "policy": _cpu_state(self.policy), "opt": self.opt.state_dict(),
+                "snapshots": list(self.snapshots), "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                "task_rng": self.task_rng.getstate(), "shuffle": self.shuffle.get_state(), "history": self.history,
+                "last_eval": self.last_eval, "best_eval": self.best_eval, "collapse": self.collapse,
+                "elapsed": time.time() - self.t0}
+
+    def _restore(self, s: dict) -> None:
+        self.step = s["step"]
+        self.policy.load_state_dict(s["policy"])
+        self.opt.load_state_dict(s["opt"])
+        if self.snapshots:
+            self.snapshots.clear()
+            self.snapshots.extend(s["snapshots"])
+        torch.set_rng_state(s["torch_rng"])
+        random.setstate(s["py_rng"])
+        self.task_rng.setstate(s["task_rng"])
+        self.shuffle.set_state(s["shuffle"])
+        self.history, self.last_eval, self.best_eval = s["history"], s["last_eval"], s["best_eval"]
+        self.collapse = tuple(s["collapse"])
+        self.t0 = time.time() - s["elapsed"]
+
+    def result(self, status: str, reason: str | None = None) -> RunResult:
+        ent = [e for e in self.history["entropy/mean"] if not math.isnan(e)]
+        return RunResult(run_id=self.run_id, status=status, steps_done=self.step, wall_s=time.time() - self.t0,
+                         final_eval=dict(self.last_eval), best_eval=dict(self.best_eval), collapse=self.collapse[0],
+                         collapse_step=self.collapse[1], entropy_first=fmean(ent[:5]) if ent else math.nan,
+                         entropy_last=fmean(ent[-5:]) if ent else math.nan, reason=reason)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _named_state(source: torch.nn.Module, engine_model: torch.nn.Module | None):
+    """Weights to push into the rollout engine; none when the engine samples from `source` itself."""
+    return [] if source is engine_model else list(source.state_dict().items())
+
+
+def _key(name: str) -> str:
+    """Benchmark name as it appears in metric keys (`^[a-z0-9_/.]+$`)."""
+    return "".join(c if c.isalnum() or c in "_." else "_" for c in name.lower())
+
+
+def _logp_mismatch(sampling_logp: list[list[float]], old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    T = mask.shape[1]
+    s = torch.tensor([row[:T] + [0.0] * (T - len(row[:T])) for row in sampling_logp], device=old_logp.device)
+    diff = (s - old_logp).abs() * mask
+    return {"rollout/logp_mismatch_mean": (diff.sum() / mask.sum().clamp(min=1)).item(),
+            "rollout/logp_mismatch_max": diff.max().item()}
+
+
+class _progress:
+    """A rich progress bar with step, reward, accuracy, entropy and ETA (or nothing when quiet)."""
+
+    def __init__(self, show: bool, total: int, start: int):
+        self.show, self.total, self.start = show, total, start
+
+    def __enter__(self):
+        if not self.show:
+            return lambda *a: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                          TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        self.p.start()
+        self.task = self.p.add_task("train", total=self.total, completed=self.start, info="")
+
+        def update(step, m, ev):
+            acc = next((v for k, v in ev.items() if k.endswith("/accuracy")), math.nan)
+            info = (f"reward {m.get('reward/mean', math.nan):.2f} train_acc {m.get('train/accuracy', math.nan):.2f} "
+                    f"eval {acc:.2f} entropy {m.get('entropy/mean', math.nan):.2f}")
+            self.p.update(self.task, completed=step, info=info)
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.show:
+            self.p.stop()
