@@ -1,11 +1,13 @@
 """Trials per hour with 1 and with 2 sweep workers, measured back to back on the same study.
 
-    .venv/bin/python benchmarks/sweep_workers.py [--study studies/smoke.yaml] [--trials 4]
+    .venv/bin/python benchmarks/sweep_workers.py [--study studies/smoke.yaml] [--trials 4] [--steps N]
 
 Takes the study's base run config and seeds, swaps its space for a grid of `--trials` values of
 eps_neg_up (so both runs do the same trials), and runs it once with `--workers 1` and once with
 `--workers 2`, each on a fresh storage and MLflow store in a temporary folder. Each worker gets
-cores / workers torch threads, as `dispo-wb sweep` gives them.
+cores / workers torch threads, as `dispo-wb sweep` gives them. Short runs are dominated by
+process start-up (imports, reward pool, model build), which the workers also overlap; give
+`--steps` to weigh training itself more.
 
 Bar (issue 4): 2 workers reach at least 1.3 times the trials per hour of 1 worker on 2 cores.
 """
@@ -28,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(ROOT / "studies" / "smoke.yaml"))
     ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: the study's)")
     ap.add_argument("--train-fn", default="workbench.trainer.train")
     args = ap.parse_args()
 
@@ -35,6 +38,8 @@ def main() -> None:
     from workbench.sweep import run_study
 
     base = load_study_file(args.study)
+    if args.steps:
+        base = dataclasses.replace(base, base_data={**base.base_data, "steps": args.steps})
     values = [round(0.05 * 2 ** i, 4) for i in range(args.trials)]
     os.chdir(ROOT)  # the SFT warm-start cache (.cache/sft) is shared by both runs
     rates = {}

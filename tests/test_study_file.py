@@ -108,6 +108,14 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert [line.split(":")[0] for line in err.value.lines] == ["space.eps_neg_up.0", "space.nope", "seeds"]
 
 
+def test_a_file_stem_that_cannot_name_a_study_asks_for_name(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_study_file(write(tmp_path, GOOD, "clip grid"))
+    assert err.value.lines == ["name: the study is named after the file ('clip grid'), which needs letters, digits, "
+                               "'_', '.' or '-' only; set `name:`"]
+    assert load_study_file(write(tmp_path, {**GOOD, "name": "clip_grid"}, "clip grid")).name == "clip_grid"
+
+
 def test_directions_parse():
     assert parse_direction("maximize best eval/micro/pass_at_4").key == "best/eval/micro/pass_at_4"
     assert parse_direction("maximize entropy retention").key == "entropy/retention"

@@ -201,3 +201,19 @@ def test_cli_runs_a_study_by_default_and_shows_its_status(tmp_path, tracking_uri
 
     missing = runner.invoke(app, ["sweep", "status", "nosuch", "--storage", str(tmp_path / "none.journal")])
     assert missing.exit_code == 2 and "no storage for study 'nosuch'" in missing.output
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_on_the_real_trainer(tmp_path, tracking_uri):
+    # studies/smoke.yaml as shipped (copied so that its journal lands in tmp_path).
+    path = tmp_path / "smoke.yaml"
+    path.write_text((Path(__file__).parents[1] / "studies" / "smoke.yaml").read_text())
+    result = sweep.run_study(load_study_file(path), tracking_uri=tracking_uri, echo=lambda s: None)
+    assert result.complete and result.counts == {"COMPLETE": 2}
+    client = MlflowClient(tracking_uri)
+    for t in trials_of(path):
+        seed_run = client.get_run(t.user_attrs["seeds"]["0"]["run_id"])
+        assert seed_run.info.status == "FINISHED"
+        assert seed_run.data.tags["mlflow.parentRunId"] == t.user_attrs["mlflow_run_id"]
+        assert seed_run.data.params["objective.params.eps_neg_up"] == str(t.params["eps_neg_up"])
+        assert t.value == pytest.approx(seed_run.data.metrics["eval/micro/accuracy"])

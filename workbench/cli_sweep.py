@@ -107,11 +107,11 @@ def render_status(info) -> Any:
     table.add_column("#", justify="right")
     table.add_column("state")
     for p in params:
-        table.add_column(p, justify="right")
+        table.add_column(p, justify="right", overflow="fold")
     for label in info.directions:
-        table.add_column(label, justify="right")
+        table.add_column(_direction_header(label), justify="right", overflow="fold")
     for name in ("collapse", "MLflow run", "time", "note"):
-        table.add_column(name)
+        table.add_column(name, overflow="fold")
     best = set(info.best)
     styles = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
     for r in info.rows:
@@ -121,6 +121,12 @@ def render_status(info) -> Any:
                       r.collapse or "", r.run_id or "", f"{r.duration_s:.0f}s" if r.duration_s is not None else "",
                       r.note)
     return table
+
+
+def _direction_header(label: str) -> str:
+    """'maximize eval/micro/accuracy' -> 'eval/micro/accuracy ↑'."""
+    way, _, what = label.partition(" ")
+    return f"{what} {'↑' if way == 'maximize' else '↓' if way == 'minimize' else way}"
 
 
 def _fmt(v: Any) -> str:

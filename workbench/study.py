@@ -200,10 +200,14 @@ def parse_study(data: dict[str, Any], path: Path) -> Study:
         errors.append(f"seeds: each seed at most once, got {model.seeds}")
     pruner = _resolve_pruner(model.pruner, directions, errors)
     n_trials = _resolve_n_trials(model, space, errors)
+    name = model.name or path.stem
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        errors.append(f"name: the study is named after the file ({name!r}), which needs letters, digits, "
+                      f"'_', '.' or '-' only; set `name:`")
     if errors:
         raise ConfigError(errors)
     assert base is not None and n_trials is not None
-    return Study(name=model.name or path.stem, path=path, base=base, base_data=model.base, space=space,
+    return Study(name=name, path=path, base=base, base_data=model.base, space=space,
                  sampler=model.sampler, sampler_seed=model.sampler_seed, n_trials=n_trials, directions=directions,
                  seeds=list(model.seeds), pruner=pruner, workers=model.workers, storage=model.storage, raw=data)
 

@@ -30,20 +30,15 @@ Choices, and why:
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import importlib
 import math
 import multiprocessing as mp
 import os
 import re
-import signal
-import sys
 import time
-import traceback
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, Iterator, NamedTuple
@@ -52,17 +47,14 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from workbench import tracking
-from workbench.config import RunConfig, dump_yaml
+from workbench.config import dump_yaml
 from workbench.errors import UserError
 from workbench.study import Direction, Study, default_storage, load_study_file
+from workbench.trial_process import TrialCrashed, describe_exit, die_with_parent, run_training
 
 TRAIN_FN = "workbench.trainer.train"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 _HEARTBEAT_S, _GRACE_S = 30, 120
-
-
-class TrialCrashed(RuntimeError):
-    """A training run of the trial failed (exception, non-zero exit, signal): FAIL that trial only."""
 
 
 @dataclass
@@ -109,8 +101,12 @@ def seed_value(direction: Direction, result: dict[str, Any]) -> float:
 
 
 def storage_url(study: Study, override: str | None = None) -> str:
-    """--storage, else the file's `storage:`, else the journal file next to the study file."""
-    return override or study.storage or str(default_storage(study.path))
+    """--storage, else the file's `storage:`, else the journal file next to the study file.
+
+    A journal path is made absolute: it is recorded on the MLflow study run, read from anywhere.
+    """
+    url = override or study.storage or str(default_storage(study.path))
+    return url if "://" in url else str(Path(url).resolve())
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -384,7 +380,7 @@ def _run_workers(spec: _WorkerSpec, n: int, budget: int) -> list[str]:
             if p.is_alive():
                 p.kill()
                 p.join()
-    return [f"worker {i} ended with {_describe_exit(p.exitcode)}" for i, p in enumerate(procs) if p.exitcode]
+    return [f"worker {i} ended with {describe_exit(p.exitcode)}" for i, p in enumerate(procs) if p.exitcode]
 
 
 class _LocalBudget:
@@ -404,7 +400,7 @@ class _nullcontext:
 
 
 def _worker_main(spec: _WorkerSpec, index: int, tokens, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     _worker_loop(spec, index, tokens)
 
 
@@ -495,7 +491,10 @@ class TrialObjective:
                 trial.set_user_attr("collapse", f"{result['collapse']} (seed {seed})")
             if reporter is not None and reporter.pruned_at is not None:
                 raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at} of seed {seed}")
-        return [fmean(seed_value(d, r) for r in results) for d in self.study.directions]
+        values = [fmean(seed_value(d, r) for r in results) for d in self.study.directions]
+        if any(math.isnan(v) for v in values):  # Optuna would fail the trial after we closed its run
+            raise TrialCrashed(f"a value is NaN: {dict(zip((d.label for d in self.study.directions), values))}")
+        return values
 
     def _tags(self, trial: Trial, reason: str | None) -> dict[str, str]:
         tags = {}
@@ -522,119 +521,3 @@ class _PruneReporter:
             self.pruned_at = step
             return True
         return False
-
-
-# --- one training run in a child process ---------------------------------------------------------
-
-
-def run_training(train_fn: str | Callable, config: RunConfig, *, on_eval: Callable[[int, dict], bool] | None = None,
-                 **kwargs: Any) -> dict[str, Any]:
-    """`train_fn(config, on_eval=..., **kwargs)` in a fresh process; its RunResult as a dict.
-
-    Raises TrialCrashed when the process raises or dies (exit code or signal in the message).
-    """
-    ctx = _train_context(train_fn)
-    here, there = ctx.Pipe()
-    proc = ctx.Process(target=_train_child, args=(there, train_fn, config, on_eval is not None, kwargs, os.getpid()),
-                       name="sweep-train")
-    proc.start()
-    there.close()
-    try:
-        outcome = _serve(here, proc, on_eval)
-    except KeyboardInterrupt:
-        proc.join(timeout=30)  # the trainer got the Ctrl-C too: let it end its run KILLED
-        raise
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-        here.close()
-    if outcome is None:
-        raise TrialCrashed(f"training process died ({_describe_exit(proc.exitcode)})")
-    kind, payload = outcome
-    if kind == "error":
-        raise TrialCrashed(payload.strip().splitlines()[-1] if payload.strip() else "training raised")
-    return payload
-
-
-_PRELOADED: list[str] = []
-
-
-def _train_context(train_fn: str | Callable):
-    """Fork training processes from a server that has imported the trainer once (saves seconds a run).
-
-    The server is a clean process (no threads, no open databases), so forking it is safe.
-    """
-    if not hasattr(os, "fork"):
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    if not _PRELOADED:
-        module = train_fn.replace(":", ".").rpartition(".")[0] if isinstance(train_fn, str) else train_fn.__module__
-        _PRELOADED[:] = ["workbench.sweep", "mlflow", module]
-        ctx.set_forkserver_preload(_PRELOADED)
-    return ctx
-
-
-def _serve(conn, proc, on_eval) -> tuple[str, Any] | None:
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return None
-        if msg[0] == "eval":
-            conn.send(bool(on_eval(msg[1], msg[2])) if on_eval else False)
-        else:
-            return msg[0], msg[1]
-
-
-def _train_child(conn, train_fn, config: RunConfig, wants_eval: bool, kwargs: dict, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
-    fn = _resolve(train_fn)
-
-    def on_eval(step: int, metrics: dict[str, float]) -> bool:
-        conn.send(("eval", step, {k: float(v) for k, v in metrics.items()}))
-        return bool(conn.recv())
-
-    try:
-        result = fn(config, on_eval=on_eval if wants_eval else None, **kwargs)
-        conn.send(("result", asdict(result) if is_dataclass(result) else dict(vars(result))))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        sys.exit(1)
-
-
-def _resolve(fn: str | Callable) -> Callable:
-    if callable(fn):
-        return fn
-    module, _, name = fn.replace(":", ".").rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"cannot import training function {fn!r}: {e}") from None
-
-
-def _die_with_parent(owner_pid: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
-
-    A forkserver child's parent is the server, which exits when `owner_pid` (the process
-    that asked for the child) goes away, so the chain holds. `owner_pid` is checked once
-    more in case it died before the prctl call.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    try:
-        os.kill(owner_pid, 0)
-    except ProcessLookupError:
-        os._exit(1)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit code"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"

@@ -1,0 +1,139 @@
+"""One training run in a child process, so that a crash, an OOM or a NaN ends one trial only.
+
+`run_training(train_fn, config, on_eval=...)` forks the run from a forkserver that imported the
+trainer once, passes eval metrics back over a pipe while the run goes (the sweep's pruner
+answers whether to stop), and returns the trainer's RunResult as a dict. Every child asks the
+kernel to kill it when its parent dies, so a `kill -9` of a sweep leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import traceback
+from dataclasses import asdict, is_dataclass
+from typing import Any, Callable
+
+from workbench.config import RunConfig
+from workbench.errors import UserError
+
+
+class TrialCrashed(RuntimeError):
+    """A training run of the trial failed (exception, non-zero exit, signal): FAIL that trial only."""
+
+
+def run_training(train_fn: str | Callable, config: RunConfig, *, on_eval: Callable[[int, dict], bool] | None = None,
+                 **kwargs: Any) -> dict[str, Any]:
+    """`train_fn(config, on_eval=..., **kwargs)` in a fresh process; its RunResult as a dict.
+
+    Raises TrialCrashed when the process raises or dies (exit code or signal in the message).
+    """
+    ctx = _train_context(train_fn)
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=_train_child, args=(there, train_fn, config, on_eval is not None, kwargs, os.getpid()),
+                       name="sweep-train")
+    proc.start()
+    there.close()
+    try:
+        outcome = _serve(here, proc, on_eval)
+    except KeyboardInterrupt:
+        proc.join(timeout=30)  # the trainer got the Ctrl-C too: let it end its run KILLED
+        raise
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        here.close()
+    if outcome is None:
+        raise TrialCrashed(f"training process died ({describe_exit(proc.exitcode)})")
+    kind, payload = outcome
+    if kind == "error":
+        raise TrialCrashed(payload.strip().splitlines()[-1] if payload.strip() else "training raised")
+    return payload
+
+
+_PRELOADED: list[str] = []
+
+
+def _train_context(train_fn: str | Callable):
+    """Fork training processes from a server that has imported the trainer once (saves seconds a run).
+
+    The server is a clean process (no threads, no open databases), so forking it is safe.
+    """
+    if not hasattr(os, "fork"):
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    if not _PRELOADED:
+        module = train_fn.replace(":", ".").rpartition(".")[0] if isinstance(train_fn, str) else train_fn.__module__
+        _PRELOADED[:] = ["workbench.trial_process", "mlflow", module]
+        ctx.set_forkserver_preload(_PRELOADED)
+    return ctx
+
+
+def _serve(conn, proc, on_eval) -> tuple[str, Any] | None:
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return None
+        if msg[0] == "eval":
+            conn.send(bool(on_eval(msg[1], msg[2])) if on_eval else False)
+        else:
+            return msg[0], msg[1]
+
+
+def _train_child(conn, train_fn, config: RunConfig, wants_eval: bool, kwargs: dict, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    fn = _resolve(train_fn)
+
+    def on_eval(step: int, metrics: dict[str, float]) -> bool:
+        conn.send(("eval", step, {k: float(v) for k, v in metrics.items()}))
+        return bool(conn.recv())
+
+    try:
+        result = fn(config, on_eval=on_eval if wants_eval else None, **kwargs)
+        conn.send(("result", asdict(result) if is_dataclass(result) else dict(vars(result))))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        sys.exit(1)
+
+
+def _resolve(fn: str | Callable) -> Callable:
+    if callable(fn):
+        return fn
+    module, _, name = fn.replace(":", ".").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"cannot import training function {fn!r}: {e}") from None
+
+
+def die_with_parent(owner_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+
+    A forkserver child's parent is the server, which exits when `owner_pid` (the process
+    that asked for the child) goes away, so the chain holds. `owner_pid` is checked once
+    more in case it died before the prctl call.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    try:
+        os.kill(owner_pid, 0)
+    except ProcessLookupError:
+        os._exit(1)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
