@@ -109,6 +109,7 @@ def warm_start(config: RunConfig, log: Callable[[str], None] = print) -> tuple[t
         return model, tokenizer, {"sft": False}
     final = cache_path(config)
     if _complete(final):
+        log(f"sft: loading warm start from {final}")
         return _load_entry(final, config, cached=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(final):
