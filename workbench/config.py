@@ -28,6 +28,18 @@ class ModelConfig(Strict):
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
 
 
+    @field_validator("name")
+    @classmethod
+    def _known_micro(cls, v: str) -> str:
+        from workbench.models import MICRO_MODELS
+
+        if v.startswith("micro-") and v not in MICRO_MODELS:
+            raise ValueError(f"unknown micro model {v!r}; built-in: {', '.join(MICRO_MODELS)} (or a HF id or local path)")
+        if v.startswith((".", "/", "~")) and not Path(v).expanduser().is_dir():
+            raise ValueError(f"local model path {v!r} is not a directory")
+        return v
+
+
 class TaskConfig(Strict):
     name: Literal["chain_sum"] = Field("chain_sum", description="built-in synthetic task family")
     min_terms: int = Field(2, ge=2, le=12, description="fewest terms in a chain")

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import transformers
 from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers import models as tok_models
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -167,6 +168,8 @@ def _load_pretrained(cfg: ModelConfig, micro: bool = False) -> tuple[torch.nn.Mo
 
 
 def _from_pretrained(source: str, local_files_only: bool, **kwargs):
+    # A per-tensor "Loading weights" bar for every load (warm starts, sweep trials) is noise.
+    transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only, trust_remote_code=kwargs["trust_remote_code"])
     model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_files_only, **kwargs)
     if tokenizer.pad_token is None:

@@ -37,6 +37,7 @@ from workbench.advantages import group_advantages, overlong_penalty, zero_adv_gr
 from workbench.batching import pack, response_logp, response_logp_chunked
 from workbench.collapse import detect_collapse
 from workbench.config import RunConfig, dump_yaml, flatten
+from workbench.errors import UserError
 from workbench.evaluation import evaluate
 from workbench.metrics import response_metrics
 from workbench.models import build_prompt, is_micro, load_policy, select_device
@@ -107,6 +108,9 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     if config.threads:
         torch.set_num_threads(config.threads)
     run = _Run(config, checkpoint_root)
+    # Load (or warm-start) the policy before opening an MLflow run: a model that cannot be
+    # found is a user error that must leave nothing in the store.
+    run.load_model()
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
             "git_commit": tracking.git_commit(), "dispo.kind": "train", **(extra_tags or {})}
     params = {k: v for k, v in flatten(config.model_dump(mode="python")).items()}
@@ -154,17 +158,23 @@ class _Run:
         self.collapse: tuple[str | None, int | None] = (None, None)
 
     # ---- set-up ----
-    def setup(self, pool: RewardPool, resume: bool) -> None:
+    def load_model(self) -> None:
         cfg = self.cfg
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.device = select_device(cfg.model)
-        if is_micro(cfg.model.name) and cfg.sft.enabled:
-            model, self.tok, _ = warm_start(cfg)
-        else:
-            model, self.tok = load_policy(cfg.model, cfg.seed)
+        try:
+            self.device = select_device(cfg.model)
+            if is_micro(cfg.model.name) and cfg.sft.enabled:
+                model, self.tok, _ = warm_start(cfg)
+            else:
+                model, self.tok = load_policy(cfg.model, cfg.seed)
+        except ValueError as e:  # models.py raises ValueError for names/paths it cannot resolve
+            raise UserError(str(e)) from None
         self.policy = model.to(self.device).train()
         self.micro = is_micro(cfg.model.name)
+
+    def setup(self, pool: RewardPool, resume: bool) -> None:
+        cfg = self.cfg
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.task = build_task(cfg.task)
         self.task_rng = random.Random(cfg.seed)

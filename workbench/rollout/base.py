@@ -42,6 +42,16 @@ class Rollouts:
         return [i // self.n for i in range(len(self))]
 
 
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of prompts, the same way for every backend.
+
+    Chat-template text already holds the model's special tokens; raw prompts (micro models,
+    models without a template) need the tokenizer's own, e.g. the <bos> that SFT trained with.
+    """
+    special = not getattr(tokenizer, "chat_template", None)
+    return [tokenizer(p, add_special_tokens=special)["input_ids"] for p in prompts]
+
+
 class RolloutBackend(Protocol):
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> Rollouts: ...
 

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from workbench.rollout.base import Rollouts, Sampling
+from workbench.rollout.base import Rollouts, Sampling, encode_prompts
 
 
 class HFBackend:
@@ -25,7 +25,7 @@ class HFBackend:
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> Rollouts:
         tok = self.tokenizer
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        prompt_ids = encode_prompts(tok, prompts)
         expanded = [ids for ids in prompt_ids for _ in range(n)]
         responses: list[list[int]] = []
         reasons: list[str] = []

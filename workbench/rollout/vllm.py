@@ -52,7 +52,7 @@ import torch
 from workbench.config import RolloutConfig
 from workbench.errors import UserError
 from workbench.models import is_micro
-from workbench.rollout.base import Rollouts, Sampling
+from workbench.rollout.base import Rollouts, Sampling, encode_prompts
 
 MISSING_VLLM = "rollout.backend: vllm is not installed; install the GPU extra: pip install '.[gpu]'"
 _FINISH = {"stop": "stop", "length": "length"}
@@ -132,7 +132,7 @@ class VLLMBackend:
             raise RuntimeError("the vLLM engine dropped its weights in a level-2 sleep; call sync_weights before generate")
         self._wake("weights")
         self._wake("kv_cache")
-        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        prompt_ids = encode_prompts(self.tokenizer, prompts)
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids],
                                     self._sampling_params(len(prompts), n, sampling), use_tqdm=False)
         return rollouts_from_outputs(outputs, prompt_ids, n)

@@ -1,0 +1,71 @@
+"""`dispo-wb` commands through Typer's CliRunner: output, exit codes, nothing written on bad input.
+
+Run: pytest tests/test_cli.py
+"""
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from workbench.cli import app
+
+runner = CliRunner()
+
+
+def test_objectives_lists_every_objective_with_defaults():
+    out = runner.invoke(app, ["objectives"])
+    assert out.exit_code == 0
+    for name in ["grpo", "dr_grpo", "dapo", "cispo", "gspo", "dispo"]:
+        assert name in out.output
+    assert "eps_neg_up" in out.output and "0.28" in out.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objective", "ppo2"], "unknown objective 'ppo2'"),
+    (["--eps-neg-up", "-0.5"], "eps_neg_up"),
+    (["--model", "micro-7b"], "micro-7b"),
+    (["--steps", "0"], "steps: Input should be greater than or equal to 1"),
+])
+def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    out = runner.invoke(app, ["train", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *args])
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+    assert len([line for line in out.output.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / ".cache").exists()
+
+
+def test_yaml_type_error_names_the_field(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("rollout:\n  group_size: eight\nobjective:\n  name: dispo\n  params: {eps_pos_up: 0.3}\n")
+    out = runner.invoke(app, ["train", "--config", str(cfg), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert out.exit_code == 2
+    assert "rollout.group_size: Input should be a valid integer" in out.output
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_train_runs_and_logs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {name: micro-0.5m}\nsft: {enabled: false}\nsteps: 2\nupdates_per_rollout: 2\n"
+                   "rollout: {prompts_per_step: 2, group_size: 2, max_new_tokens: 16}\neval: {k: 1, limit: 4}\n")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    out = runner.invoke(app, ["train", "--config", str(cfg), "--tracking-uri", uri, "--quiet", "--eps-neg-up", "inf"])
+    assert out.exit_code == 0, out.output
+    assert "FINISHED after 2 steps" in out.output
+    c = MlflowClient(uri)
+    run = c.search_runs([c.get_experiment_by_name("dispo-wb").experiment_id])[0]
+    assert run.data.params["objective.params.eps_neg_up"] == "inf"
+
+
+def test_eval_unknown_benchmark_and_missing_checkpoint(tmp_path):
+    out = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope")])
+    assert out.exit_code == 2 and "--checkpoint" in out.output
+    out = runner.invoke(app, ["eval", "--checkpoint", "micro-0.5m", "--benchmark", "gsm9k", "--k", "1"])
+    assert out.exit_code == 2 and "gsm9k" in out.output
+
+
+def test_eval_reports_avg_and_pass_at_k():
+    out = runner.invoke(app, ["eval", "--checkpoint", "micro-0.5m", "--k", "2", "--limit", "4", "--max-new-tokens", "8"])
+    assert out.exit_code == 0, out.output
+    assert "eval/micro/accuracy\t" in out.output and "eval/micro/pass_at_2\t" in out.output

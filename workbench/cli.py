@@ -1,0 +1,129 @@
+"""`dispo-wb`: thin Typer commands that parse, then call the modules that do the work."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from workbench.config import ConfigError
+from workbench.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Ablation workbench for clipped policy-gradient RL of language models on math.")
+
+
+def fail(lines: list[str] | str, code: int = 2) -> None:
+    """User errors: one line per problem on stderr, exit code 2, nothing written."""
+    for line in [lines] if isinstance(lines, str) else lines:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def objectives() -> None:
+    """List the registered objectives with their parameters and defaults."""
+    from rich.console import Console
+
+    from workbench.objectives import render_objectives_table
+
+    Console().print(render_objectives_table())
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", exists=True, dir_okay=False, help="run config YAML")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="registered objective, e.g. dispo, cispo, dapo")] = None,
+    eps_pos_up: Annotated[Optional[float], typer.Option(help="DISPO: correct responses, r > 1 (inf: off)")] = None,
+    eps_pos_down: Annotated[Optional[float], typer.Option(help="DISPO: correct responses, r < 1 (>= 1: off)")] = None,
+    eps_neg_up: Annotated[Optional[float], typer.Option(help="DISPO: incorrect responses, r > 1 (inf: off)")] = None,
+    eps_neg_down: Annotated[Optional[float], typer.Option(help="DISPO: incorrect responses, r < 1 (>= 1: off)")] = None,
+    eps_low: Annotated[Optional[float], typer.Option(help="PPO family / CISPO lower clip offset")] = None,
+    eps_high: Annotated[Optional[float], typer.Option(help="PPO family / CISPO upper clip offset")] = None,
+    model: Annotated[Optional[str], typer.Option(help="micro-0.5m | micro-3m | micro-15m | HF id or path")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps (rollout batches)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
+    updates_per_rollout: Annotated[Optional[int], typer.Option(help="optimizer steps per rollout batch")] = None,
+    rollout_lag: Annotated[Optional[int], typer.Option(help="rollouts from a snapshot this many optimizer steps old")] = None,
+    experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default sqlite:///mlflow.db)")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="continue an interrupted run from its checkpoint")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run one RL training run and log it to MLflow."""
+    from workbench.runs import resume_config, run_config_from_cli
+    from workbench.trainer import train as run_training
+
+    flags = {"objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
+             "objective.params.eps_pos_down": eps_pos_down, "objective.params.eps_neg_up": eps_neg_up,
+             "objective.params.eps_neg_down": eps_neg_down, "objective.params.eps_low": eps_low,
+             "objective.params.eps_high": eps_high, "model.name": model, "steps": steps, "seed": seed, "lr": lr,
+             "updates_per_rollout": updates_per_rollout, "rollout_lag": rollout_lag, "experiment": experiment,
+             "run_name": run_name, "threads": threads}
+    try:
+        if resume:
+            cfg = resume_config(resume, tracking_uri, {k: v for k, v in flags.items() if k == "steps"})
+        else:
+            cfg = run_config_from_cli(config, flags)
+    except ConfigError as e:
+        fail(e.lines)
+    except UserError as e:
+        fail(str(e))
+    try:
+        result = run_training(cfg, tracking_uri=tracking_uri, resume_run_id=resume, progress=not quiet)
+    except UserError as e:
+        fail(str(e))
+    ev = ", ".join(f"{k} {v:.3f}" for k, v in result.final_eval.items())
+    typer.echo(f"run {result.run_id}: {result.status} after {result.steps_done} steps in {result.wall_s:.0f}s; {ev}")
+    if result.collapse:
+        typer.echo(f"collapse: {result.collapse} from step {result.collapse_step}")
+    if result.status == "KILLED":
+        typer.echo(f"resume with: dispo-wb train --resume {result.run_id}")
+        raise typer.Exit(130)
+    if result.status == "FAILED":
+        fail(f"run failed: {result.reason}", code=1)
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[str, typer.Option(help="saved model folder (e.g. .cache/checkpoints/<run>/policy) or micro model name")],
+    benchmark: Annotated[list[str], typer.Option(help="benchmark name, repeatable (micro, aime24, file:PATH?...)")] = ["micro"],
+    k: Annotated[int, typer.Option(min=1, help="samples per problem (avg@k, pass@k)")] = 4,
+    temperature: Annotated[float, typer.Option(min=0.0, help="sampling temperature; 0 = greedy")] = 1.0,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="first N problems only")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="response length limit")] = 48,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+) -> None:
+    """Evaluate a saved model on benchmarks: avg@k and pass@k."""
+    from workbench.runs import evaluate_checkpoint
+
+    try:
+        results = evaluate_checkpoint(checkpoint, benchmark, k=k, temperature=temperature, limit=limit,
+                                      max_new_tokens=max_new_tokens, seed=seed)
+    except (UserError, ConfigError) as e:
+        fail(getattr(e, "lines", None) or str(e))
+    for key, value in results.items():
+        typer.echo(f"{key}\t{value:.4f}")
+
+
+def _register_extensions() -> None:
+    from workbench import cli_report, cli_sweep
+
+    cli_sweep.register(app)
+    cli_report.register(app)
+
+
+_register_extensions()
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
