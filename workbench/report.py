@@ -1,0 +1,372 @@
+"""HTML reports of runs and studies, read from the MLflow store and the Optuna storage.
+
+`make_report(target)` writes `reports/<target>/index.html`: one self-contained page that opens
+offline (plotly.js embedded once), each figure also as its own HTML file (sharing one
+`plotly.min.js`) and as a PNG where kaleido finds a Chrome, and logs the folder to the run or
+to the study's parent run.
+
+Every figure follows Optuna's visualization habit: `_get_<name>_info(...)` turns runs into a
+NamedTuple of plain arrays (what the tests check) and `_build_<name>(info)` draws it. The
+summary is the exception: it is an HTML table, not a plotly figure, so that its run ids can be
+selected and its links followed. How to read each figure: docs/reading_reports.md.
+
+Runs are grouped by configuration (the seeds of one sweep trial, or runs whose params differ
+only in `seed`); learning curves show a group's mean with its min-max band.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import importlib.util
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from workbench import tracking
+from workbench.errors import UserError
+from workbench.reporting import clip_space, curves
+from workbench.reporting.runs import (BOUNDS, accuracy_key, best_value, collapse_marker, final_value, fmt_bound,
+                                      run_bounds, run_label, run_wall_s, several_studies)
+from workbench.tracking import RunRecord, TargetRuns
+
+UI_BASE = "http://127.0.0.1:5000"
+
+
+# ---- summary ---------------------------------------------------------------------------------
+
+
+class SummaryRow(NamedTuple):
+    label: str
+    run_id: str
+    url: str
+    objective: str
+    bounds: dict[str, float]
+    final_acc: float
+    best_acc: float
+    collapse: str  # "" or "repetition at step 57"
+    wall_s: float
+    status: str
+
+
+class SummaryInfo(NamedTuple):
+    target: str
+    kind: str
+    acc_key: str | None
+    rows: tuple[SummaryRow, ...]
+    anchor_url: str | None
+    notes: tuple[str, ...]
+
+
+def _get_summary_info(target: TargetRuns, acc_key: str | None, ui_base: str = UI_BASE) -> SummaryInfo:
+    rows, with_study = [], several_studies(target.runs)
+    for r in target.runs:
+        m = collapse_marker(r)
+        rows.append(SummaryRow(
+            label=run_label(r, with_study), run_id=r.run_id, url=tracking.run_url(ui_base, r.experiment_id, r.run_id),
+            objective=r.params.get("objective.name", "?"), bounds=run_bounds(r), final_acc=final_value(r, acc_key),
+            best_acc=best_value(r, acc_key), collapse=f"{m.kind} at step {m.step}" if m else "", wall_s=run_wall_s(r),
+            status=r.status))
+    rows.sort(key=lambda row: -row.final_acc if not math.isnan(row.final_acc) else math.inf)
+    anchor = (tracking.run_url(ui_base, target.experiment_id, target.anchor_run_id) if target.anchor_run_id
+              else f"{ui_base}/#/experiments/{target.experiment_id}")
+    return SummaryInfo(target.name, target.kind, acc_key, tuple(rows), anchor, tuple(target.notes))
+
+
+def _build_summary(info: SummaryInfo) -> str:
+    head = ["run", "objective", *(b.removeprefix("eps_") for b in BOUNDS), "final acc", "best acc",
+            "collapse", "wall time", "status", "MLflow run id"]
+    body = []
+    for r in info.rows:
+        cells = [html.escape(r.label), html.escape(r.objective), *(fmt_bound(r.bounds[b], b) for b in BOUNDS),
+                 _fmt_num(r.final_acc), _fmt_num(r.best_acc),
+                 f'<span class="bad">{html.escape(r.collapse)}</span>' if r.collapse else "none",
+                 _fmt_time(r.wall_s), html.escape(r.status),
+                 f'<a href="{html.escape(r.url)}"><code>{r.run_id}</code></a>']
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f'<p>MLflow: <a href="{html.escape(info.anchor_url or "")}">{html.escape(info.anchor_url or "")}</a> '
+            f'(start the UI with <code>dispo-wb ui</code>). Accuracy: '
+            f'<code>{html.escape(info.acc_key or "none logged")}</code>, last and best evaluation; '
+            f'bounds: offsets from 1, "off" where switched off.</p>'
+            f'<div class="scroll"><table class="summary"><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}'
+            f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _fmt_num(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+def _fmt_time(s: float) -> str:
+    if math.isnan(s):
+        return "n/a"
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+
+
+# ---- page ------------------------------------------------------------------------------------
+
+
+class Section(NamedTuple):
+    name: str
+    title: str
+    how: str
+    figure: go.Figure | None
+    note: str | None = None
+
+
+HOW = {
+    "exploration": "Top: entropy of all tokens and per regime. Rising entropy is exploration (a loose eps_pos_up), "
+                   "falling entropy is distillation (a loose eps_pos_down). Below: how often each regime's bound "
+                   "clipped, and each regime's share of the tokens.",
+    "collapse": "Repetition rate with its threshold, response length (correct vs incorrect) with the length-collapse "
+                "limit, and truncation. The dashed line marks a detected collapse onset and its kind.",
+    "learning": "Reward, train accuracy and eval accuracy (avg@k, pass@k) per configuration: mean over seeds with "
+                "a min-max band, over steps (left) and wall-clock time (right).",
+    "parallel": "Each line is a run through the four bounds (plus collapse); colour is final accuracy. Drag on an "
+                "axis to select a range.",
+    "pair": "Mean final accuracy over runs in each cell of a pair of bounds; a red x marks cells with collapsed runs.",
+    "importance": "Share of the objective's variance each searched parameter explains (Optuna).",
+    "pareto": "Every complete trial on the first two objectives; red points are not dominated.",
+}
+
+
+def _sections(target: TargetRuns, runs: list[RunRecord], acc_key: str | None) -> list[Section]:
+    out = []
+    for name, title, get in (("exploration", "Exploration / distillation", curves._get_exploration_info),
+                             ("collapse", "Collapse curves", curves._get_collapse_info)):
+        info = get(runs, acc_key)
+        has = any(p.curves for p in info.runs)
+        note = f"not logged: {', '.join(info.missing)}" if info.missing else None
+        out.append(Section(name, title, HOW[name], curves._build_panels(info) if has else None, note))
+    learn = curves._get_learning_info(runs, acc_key)
+    note = f"not logged: {', '.join(learn.missing)}" if learn.missing else None
+    if len(learn.groups) > learn.shown:
+        note = (note + "; " if note else "") + f"{len(learn.groups) - learn.shown} more configurations in the legend"
+    out.append(Section("learning", "Learning curves", HOW["learning"],
+                       curves._build_learning(learn) if learn.keys else None, note))
+    if len(runs) < 2:
+        return out
+    parallel = clip_space._get_parallel_info(runs, acc_key)
+    out.append(Section("parallel", "Clip space: parallel coordinates", HOW["parallel"],
+                       clip_space._build_parallel(parallel) if parallel else None,
+                       None if parallel else "fewer than two runs with known bounds"))
+    pair = clip_space._get_pair_info(runs, acc_key)
+    out.append(Section("pair", "Clip space: pairs of bounds", HOW["pair"],
+                       clip_space._build_pair(pair) if pair.grids else None,
+                       None if pair.grids else "fewer than two bounds vary across these runs"))
+    if target.kind == "study":
+        study, why = clip_space.open_study(target.study_storage, target.name)
+        if study is not None:
+            imp = clip_space._get_importance_info(study)
+            out.append(Section("importance", "Parameter importances", HOW["importance"],
+                               clip_space._build_importance(imp) if imp.importances else None, imp.reason))
+            pareto = clip_space._get_pareto_info(study)
+            if pareto is not None:
+                out.append(Section("pareto", "Pareto front", HOW["pareto"], clip_space._build_pareto(pareto)))
+        else:
+            out.append(Section("importance", "Parameter importances", HOW["importance"], None, why))
+    return out
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1280px;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}p.how{color:#555}
+p.note,li.note{color:#8a5300}.scroll{max-height:28em;overflow:auto}
+table.summary{border-collapse:collapse;font-size:.85em}
+.summary td,.summary th{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
+.summary th{background:#f4f4f4;position:sticky;top:0}.summary td:first-child{text-align:left}.bad{color:#b00}"""
+
+
+def _div(fig: go.Figure, name: str) -> str:
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
+                       config={"displaylogo": False, "responsive": True})
+
+
+def _page(title: str, subtitle: str, notes: list[str], summary: str, body: list[str], plotly_js: str) -> str:
+    items = "".join(f'<li class="note">{html.escape(n)}</li>' for n in notes)
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style>{plotly_js}</head><body><h1>{html.escape(title)}</h1><p>{subtitle}</p>"
+            f"{f'<ul>{items}</ul>' if items else ''}<h2>Summary</h2>{summary}{''.join(body)}</body></html>")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "report"
+
+
+def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri: str | None = None,
+                out_dir: str | Path = "reports", *, png: bool = True, log_artifact: bool = True) -> Path:
+    """Write the report of `target` (run id, run name, study or experiment); returns its index.html.
+
+    `compare` adds runs (ids or names) overlaid on the target's. Raises UserError for an
+    unknown target or one with no runs.
+    """
+    found = tracking.resolve_target(target, tracking_uri)
+    title = found.name
+    if compare:
+        extra = [tracking.resolve_run(c, tracking_uri) for c in compare]
+        seen = {r.run_id for r in found.runs}
+        found = dataclasses.replace(found, runs=found.runs + [r for r in extra if r.run_id not in seen])
+        title = f"{found.name} vs {' vs '.join(r.name for r in extra)}"
+    if not found.runs:
+        raise UserError(f"{found.kind} {found.name!r} has no runs with metrics yet; nothing to report")
+    tracking.load_histories(found.runs, tracking_uri)
+    acc_key = accuracy_key(found.runs)
+    notes = list(found.notes)
+    if acc_key is None:
+        notes.append("no accuracy metric logged (eval/<benchmark>/accuracy or train/accuracy)")
+    if log_artifact and not found.anchor_run_id:
+        notes.append("not logged to MLflow: an experiment has no run of its own to hold the report")
+    sections = _sections(found, found.runs, acc_key)
+    folder = Path(out_dir) / slug(title)
+    if (folder / "index.html").exists():
+        shutil.rmtree(folder)  # an earlier report of the same target: no stale figure may survive
+    folder.mkdir(parents=True)
+    drawn = [s for s in sections if s.figure is not None]
+    if png:
+        notes += _write_pngs([s.figure for s in drawn], [folder / f"{s.name}.png" for s in drawn])
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
+    subtitle = (f"{html.escape(found.kind)} report, {len(found.runs)} run(s), store "
+                f"<code>{html.escape(tracking.resolve_tracking_uri(tracking_uri))}</code>, generated {when}")
+    index = _write_pages(folder, f"dispo-wb report: {title}", subtitle, notes,
+                         _build_summary(_get_summary_info(found, acc_key)), sections)
+    if log_artifact and found.anchor_run_id:
+        tracking.log_report(found.anchor_run_id, folder, tracking_uri)
+    return index
+
+
+def _write_pages(folder: Path, title: str, subtitle: str, notes: list[str], summary: str,
+                 sections: list[Section]) -> Path:
+    """index.html with plotly.js inlined once; each figure's own page loads the shared plotly.min.js."""
+    plotly_js = get_plotlyjs()
+    (folder / "plotly.min.js").write_text(plotly_js, encoding="utf-8")
+    body = []
+    for s in sections:
+        div = _div(s.figure, s.name) if s.figure is not None else ""
+        note = f'<p class="note">{html.escape(s.note)}</p>' if s.note else ""
+        body.append(f'<section id="{s.name}"><h2>{html.escape(s.title)}</h2><p class="how">{html.escape(s.how)}</p>'
+                    f"{note}{div}</section>")
+        if div:
+            (folder / f"{s.name}.html").write_text(
+                f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(s.title)}</title>'
+                f'<script src="plotly.min.js"></script></head><body>{div}</body></html>', encoding="utf-8")
+    index = folder / "index.html"
+    inline = f'<script type="text/javascript">{plotly_js}</script>'
+    index.write_text(_page(title, subtitle, notes, summary, body, inline), encoding="utf-8")
+    return index
+
+
+def _write_pngs(figs: list[go.Figure], paths: list[Path]) -> list[str]:
+    """PNG copies through kaleido (it drives a local Chrome); a note instead when it cannot."""
+    if not figs:
+        return []
+    try:
+        pio.write_images(figs, paths, width=[1200] * len(figs), height=[f.layout.height or 500 for f in figs])
+    except Exception as e:  # noqa: BLE001 - kaleido raises various errors when no Chrome can start
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return [f"PNG images skipped: kaleido could not render ({type(e).__name__}: {first[:200]}); "
+                "install Chrome or Chromium for them"]
+    return []
+
+
+# ---- dispo-wb ui -------------------------------------------------------------------------------
+
+
+class UiProcess(NamedTuple):
+    name: str
+    url: str
+    process: subprocess.Popen
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None = None,
+             optuna: bool = False, storage: str | None = None) -> tuple[list[UiProcess], list[str]]:
+    """Start `mlflow ui` (and optuna-dashboard) on the stores the runs were logged to; returns them and notes."""
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no MLflow store at {uri.removeprefix('sqlite:///')}; pass --tracking-uri or set "
+                        "MLFLOW_TRACKING_URI to the store the runs were logged to")
+    if not _port_free(host, port):
+        raise UserError(f"port {port} on {host} is in use; pass --port with a free one")
+    notes: list[str] = []
+    # Own sessions, so that stopping a UI also stops the server processes it forks.
+    procs = [UiProcess("MLflow UI", f"http://{host}:{port}",
+                       subprocess.Popen(tracking.ui_command(uri, host, port), start_new_session=True))]
+    if optuna:
+        here = str(Path(sys.executable).parent)  # the venv's bin, which need not be on PATH
+        dash = shutil.which("optuna-dashboard", path=here) or shutil.which("optuna-dashboard")
+        storage = storage or _latest_storage(uri)
+        if importlib.util.find_spec("optuna_dashboard") is None or not dash:
+            notes.append("optuna-dashboard is not installed (pip install optuna-dashboard); MLflow UI only")
+        elif not storage:
+            notes.append("no study storage found (no parent run tagged optuna.storage); pass --storage")
+        elif not _port_free(host, port + 1):
+            notes.append(f"port {port + 1} is in use; optuna-dashboard not started")
+        else:
+            procs.append(UiProcess("optuna-dashboard", f"http://{host}:{port + 1}", subprocess.Popen(
+                [dash, storage, "--host", host, "--port", str(port + 1)], start_new_session=True)))
+    return procs, notes
+
+
+def _latest_storage(uri: str) -> str | None:
+    try:
+        return tracking.latest_study_storage(uri)
+    except Exception:  # noqa: BLE001 - only a convenience default
+        return None
+
+
+def serve_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None = None, optuna: bool = False,
+             storage: str | None = None) -> None:
+    """Run the UIs until Ctrl-C; prints where they listen."""
+    procs, notes = start_ui(port, host, tracking_uri, optuna, storage)
+    for p in procs:
+        print(f"{p.name}: {p.url}", flush=True)
+    for n in notes:
+        print(n, flush=True)
+    print("Ctrl-C stops.", flush=True)
+    try:
+        while all(p.process.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_ui(procs)
+
+
+def stop_ui(procs: Sequence[UiProcess], timeout_s: float = 10) -> None:
+    """SIGTERM each UI's process group, SIGKILL what is left after `timeout_s`."""
+    for p in procs:
+        _signal_group(p.process, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(p.process, signal.SIGKILL)
+            p.process.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the group start_new_session made; its id is the child's pid
+    except ProcessLookupError:
+        pass

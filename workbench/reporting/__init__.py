@@ -1,0 +1,1 @@
+"""Figures of `dispo-wb report`; workbench/report.py assembles them into the page."""
