@@ -456,9 +456,11 @@ class TrialObjective:
                                      tracking_uri=self.spec.tracking_uri)
             raise
         except BaseException as e:
-            trial.set_user_attr("failure", f"{type(e).__name__}: {e}"[-500:])
-            tracking.close_trial_run(run_id, state="FAIL", tags={"failure_reason": f"{type(e).__name__}: {e}"[-5000:]},
-                                     tracking_uri=self.spec.tracking_uri)
+            interrupted = isinstance(e, KeyboardInterrupt)
+            why = "interrupted; queued again when the sweep is re-run" if interrupted else f"{type(e).__name__}: {e}"
+            trial.set_user_attr("failure", why[-500:])
+            tracking.close_trial_run(run_id, state="FAIL", tags={"failure_reason": why[-5000:]},
+                                     tracking_uri=self.spec.tracking_uri, killed=interrupted)
             raise
         tracking.close_trial_run(run_id, state="COMPLETE", tags=self._tags(trial, None),
                                  metrics={d.key: v for d, v in zip(self.study.directions, values)},

@@ -204,11 +204,13 @@ def open_trial_run(*, parent_run_id: str, study_name: str, trial_number: int, pa
 
 
 def close_trial_run(run_id: str, *, state: str, metrics: dict[str, float] | None = None,
-                    tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> None:
-    """Write the trial's values and Optuna state back; COMPLETE and PRUNED end FINISHED, FAIL ends FAILED."""
+                    tags: dict[str, str] | None = None, tracking_uri: str | None = None,
+                    killed: bool = False) -> None:
+    """Write the trial's values and Optuna state back; COMPLETE and PRUNED end FINISHED, FAIL ends
+    FAILED, or KILLED when the sweep was interrupted."""
     client = _client(tracking_uri)
     _log_values(client, run_id, metrics or {}, {**(tags or {}), "dispo.state": state})
-    client.set_terminated(run_id, status=_TRIAL_STATUS.get(state, "FAILED"))
+    client.set_terminated(run_id, status="KILLED" if killed else _TRIAL_STATUS.get(state, "FAILED"))
 
 
 def kill_runs(run_ids: list[str], reason: str, tracking_uri: str | None = None) -> int:
