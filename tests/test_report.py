@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from typer.testing import CliRunner
 
-from tests.report_fixtures import BOUNDS, FakeRun, build_store, eval_series, series
+from tests.report_fixtures import BOUNDS, FakeRun, build_store, eval_series, log_run, series
 from workbench import report, tracking
 from workbench.cli_report import register
 from workbench.collapse import BASELINE_STEPS
@@ -60,7 +60,7 @@ def test_targets_resolve_by_id_name_study_and_experiment(store):
     # The parent run's id names the study too.
     assert tracking.resolve_target(store.study.parent_run_id, store.uri).kind == "study"
     trial = tracking.resolve_target("clip-mini-t0003", store.uri)
-    assert trial.kind == "trial" and [r.run_id for r in trial.runs] == store.study.trial_runs[3]
+    assert trial.kind == "trial" and sorted(r.run_id for r in trial.runs) == sorted(store.study.trial_runs[3])
     exp = tracking.resolve_target("dispo-wb", store.uri)
     assert exp.kind == "experiment" and exp.anchor_run_id is None
     assert set(store.runs.values()) | set(store.study.run_ids) | set(store.multi.run_ids) == {r.run_id for r in exp.runs}
@@ -154,6 +154,19 @@ def test_a_run_without_regime_metrics_reports_what_it_has(store):
     assert collapse.missing == ("response/repetition_rate", "response/truncated_frac")
     learning = curves._get_learning_info([run], "eval/micro/accuracy")
     assert learning.keys == ("reward/mean", "train/accuracy", "eval/micro/accuracy", "eval/micro/pass_at_4")
+
+
+def test_steps_without_regime_statistics_are_counted_and_noted(store, tmp_path):
+    client = MlflowClient(store.uri)
+    exp = client.create_experiment("zero-advantage")
+    rid = log_run(client, exp, FakeRun("all-equal-rewards", steps=10))
+    late = int(time.time() * 1000) + 10_000  # logged again later: these values replace the first ones
+    keys = [k for k in series(FakeRun("x", steps=10)) if k.startswith("regime/")]
+    client.log_batch(rid, metrics=[Metric(k, math.nan, late, s) for k in keys for s in (3, 4)])
+    info = curves._get_exploration_info([_one(store, rid)], None)
+    assert info.undefined == {k: pytest.approx(0.2) for k in keys if k in info.undefined} and len(info.undefined) == 12
+    page = report.make_report(rid, tracking_uri=store.uri, out_dir=tmp_path, png=False, log_artifact=False).read_text()
+    assert "regime statistics are undefined (NaN) at 20% of the logged steps" in page
 
 
 def test_learning_bands_span_the_seeds_of_each_trial(store):

@@ -149,8 +149,14 @@ def _sections(target: TargetRuns, runs: list[RunRecord], acc_key: str | None) ->
                              ("collapse", "Collapse curves", curves._get_collapse_info)):
         info = get(runs, acc_key)
         has = any(p.curves for p in info.runs)
-        note = f"not logged: {', '.join(info.missing)}" if info.missing else None
-        out.append(Section(name, title, HOW[name], curves._build_panels(info) if has else None, note))
+        notes = [f"not logged: {', '.join(info.missing)}"] if info.missing else []
+        regime_nan = max((v for k, v in info.undefined.items() if k.startswith("regime/")), default=0.0)
+        if regime_nan:
+            notes.append(f"regime statistics are undefined (NaN) at {regime_nan:.0%} of the logged steps: steps where "
+                         "no token carried a nonzero advantage (every group had one reward; see "
+                         "batch/zero_adv_group_frac)")
+        out.append(Section(name, title, HOW[name], curves._build_panels(info) if has else None,
+                           "; ".join(notes) or None))
     learn = curves._get_learning_info(runs, acc_key)
     note = f"not logged: {', '.join(learn.missing)}" if learn.missing else None
     if len(learn.groups) > learn.shown:

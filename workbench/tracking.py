@@ -379,7 +379,7 @@ def resolve_target(target: str, tracking_uri: str | None = None) -> TargetRuns:
         # A sweep trial's run holds its value; its training runs (one per seed) sit beneath it.
         seeds = [_record(r) for r in _search(client, f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
                                              [run.info.experiment_id])]
-        seeds = sorted((r for r in seeds if r.metric_keys), key=lambda r: r.start_ms)
+        seeds = sorted((r for r in seeds if r.metric_keys), key=lambda r: (r.start_ms, _int(r.tags.get("dispo.seed"))))
         return TargetRuns("trial", run.info.run_name, seeds, run.info.run_id, run.info.experiment_id, notes=notes)
     if run is not None:
         rec = _record(run)

@@ -51,6 +51,7 @@ class PanelsInfo(NamedTuple):
     runs: tuple[RunPanel, ...]
     default: int  # index of the run shown first
     missing: tuple[str, ...]  # keys of `rows` no run logged
+    undefined: dict[str, float]  # key -> share of its logged steps that hold NaN (over all runs), where > 0
 
 
 def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], default: int,
@@ -61,7 +62,12 @@ def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], defaul
         seen |= set(found)
         panels.append(RunPanel(run_label(r, with_study), r.run_id, found, guides(r), collapse_marker(r)))
     missing = tuple(k for row in rows for k in row.keys if k not in seen)
-    return PanelsInfo(title, rows, tuple(panels), default, missing)
+    undefined = {}
+    for k in (k for row in rows for k in row.keys if k in seen):
+        values = np.concatenate([p.curves[k].values for p in panels if k in p.curves])
+        if np.isnan(values).any():
+            undefined[k] = float(np.isnan(values).mean())
+    return PanelsInfo(title, rows, tuple(panels), default, missing, undefined)
 
 
 def _get_exploration_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
@@ -113,8 +119,11 @@ def _build_panels(info: PanelsInfo) -> go.Figure:
                 if c is None:
                     continue
                 color = COLORS.get(key) or COLORS.get(label) or PALETTE[row.keys.index(key) % len(PALETTE)]
+                # Markers where NaNs cut the line: a value between two gaps would otherwise not show.
+                mode = "lines+markers" if np.isnan(c.values).any() else "lines"
                 fig.add_trace(go.Scatter(
-                    x=c.steps.astype(np.int32), y=c.values.astype(np.float32), name=label, mode="lines",
+                    x=c.steps.astype(np.int32), y=c.values.astype(np.float32), name=label, mode=mode,
+                    marker={"size": 4}, connectgaps=True,
                     line={"color": color, "width": 2.5 if label == "all tokens" else 1.5}, legendgroup=label,
                     showlegend=(r == 1 or label not in info.rows[0].labels), visible=i == info.default), row=r, col=1)
                 visible.append(i)
