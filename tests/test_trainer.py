@@ -122,3 +122,18 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkey
     state = torch.load(os.path.join(ck, result.run_id, "state.pt"), weights_only=False)
     assert state["step"] == 1
     assert all(torch.isfinite(v).all() for v in state["policy"].values())
+
+
+@pytest.mark.parametrize("objective", ["dispo", "grpo", "dr_grpo"])  # token_mean, seq_mean_token_mean, sum_norm
+def test_micro_batches_accumulate_to_the_same_update(tmp_path, monkeypatch, objective):
+    # Plain SGD and no clipping: Adam and clipping would hide a wrongly scaled gradient.
+    monkeypatch.setattr(trainer_mod.torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr))
+    uri = f"sqlite:///{tmp_path}/m.db"
+    states = []
+    for i, micro in enumerate([None, 3]):
+        ck = str(tmp_path / f"ck{i}")
+        r = train(tiny_config(steps=1, objective={"name": objective}, micro_batch_size=micro, updates_per_rollout=2,
+                              lr=1.0, max_grad_norm=1e9),
+                  tracking_uri=uri, progress=False, checkpoint_root=ck)
+        states.append(torch.load(os.path.join(ck, r.run_id, "state.pt"), weights_only=False)["policy"])
+    assert all(torch.allclose(states[0][k], states[1][k], atol=1e-5) for k in states[0])

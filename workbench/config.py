@@ -26,6 +26,7 @@ class ModelConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when available, else cpu")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on cuda, float32 on cpu")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    autocast: bool = Field(True, description="bf16 autocast of forward passes on CUDA (weights keep their dtype)")
 
 
     @field_validator("name")
@@ -41,7 +42,8 @@ class ModelConfig(Strict):
 
 
 class TaskConfig(Strict):
-    name: Literal["chain_sum"] = Field("chain_sum", description="built-in synthetic task family")
+    name: Literal["chain_sum", "dataset"] = Field("chain_sum", description="chain_sum: built-in synthetic sums; dataset: problems from `source`")
+    source: str | None = Field(None, description="dataset task: a benchmark name or file:PATH?question=F&answer=F spec")
     min_terms: int = Field(2, ge=2, le=12, description="fewest terms in a chain")
     max_terms: int = Field(5, ge=2, le=12, description="most terms in a chain")
     digits: int = Field(1, ge=1, le=4, description="digits per term")
@@ -52,6 +54,8 @@ class TaskConfig(Strict):
     def _terms_ordered(self) -> "TaskConfig":
         if self.min_terms > self.max_terms:
             raise ValueError(f"min_terms ({self.min_terms}) must be <= max_terms ({self.max_terms})")
+        if self.name == "dataset" and not self.source:
+            raise ValueError("source is required for the dataset task (a benchmark name or file:PATH?question=F&answer=F)")
         return self
 
 
@@ -143,6 +147,7 @@ class RunConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     updates_per_rollout: int = Field(16, ge=1, description="optimizer steps per rollout batch (minibatches x epochs), as DAPO")
     epochs: int = Field(1, ge=1, description="passes over the rollout batch; minibatches = updates_per_rollout / epochs")
+    micro_batch_size: int | None = Field(None, ge=1, description="sequences per forward/backward; gradients accumulate to the minibatch")
     rollout_lag: int = Field(16, ge=0, description="rollouts come from a policy snapshot this many optimizer steps old")
     advantage: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: (R - mean)/(std + eps); dr_grpo: R - mean")
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose responses all have the same reward")

@@ -84,7 +84,7 @@ def greedy_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: i
 def cache_key(config: RunConfig) -> str:
     """Readable prefix plus a hash of everything that shapes the warm start."""
     shaping = {
-        "task": config.task.model_dump(),
+        "task": config.task.model_dump(exclude={"source"}),  # warm starts are for chain sums only
         "model": config.model.name,
         "seed": config.seed,
         "sft": config.sft.model_dump(exclude={"cache_dir", "enabled"}),

@@ -19,7 +19,9 @@ Where this departs from a textbook GRPO step, and why:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import functools
 import math
 import random
@@ -113,7 +115,12 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     run.load_model()
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
             "git_commit": tracking.git_commit(), "dispo.kind": "train", **(extra_tags or {})}
-    params = {k: v for k, v in flatten(config.model_dump(mode="python")).items()}
+    params = flatten(config.model_dump(mode="python"))
+    # The objective's full parameter set, defaults included, so a run reads the same after defaults change.
+    resolved = dataclasses.asdict(config.objective.build_params())
+    params.update({f"objective.params.{k}": v for k, v in resolved.items()})
+    params["objective.aggregation"] = config.objective.aggregation or get_spec(config.objective.name).aggregation
+    params.pop("objective.params", None)
     tracker_cls = tracking.RunTracker if track else tracking.NullTracker
     tracker = tracker_cls(experiment=config.experiment, run_name=config.resolved_run_name(), tracking_uri=tracking_uri,
                           params=params, tags=tags, artifacts={"config.yaml": dump_yaml(config)},
@@ -247,7 +254,8 @@ class _Run:
         zero_groups = zero_adv_groups(rewards, G)
 
         batch = pack(ro.prompt_ids, ro.response_ids, self.tok.pad_token_id, self.device)
-        old_logp = response_logp_chunked(self.old_policy, batch, cfg.rollout.temperature)
+        with self._autocast():
+            old_logp = response_logp_chunked(self.old_policy, batch, cfg.rollout.temperature)
         keep = torch.arange(len(batch))
         if cfg.dynamic_sampling:
             keep = keep[~zero_groups.repeat_interleave(G)]
@@ -280,33 +288,59 @@ class _Run:
         maxes: dict[str, float] = {}
         if len(keep) == 0:  # every group all-equal under dynamic sampling: nothing to learn from
             return {"loss/policy": 0.0, "grad/norm": 0.0, "entropy/mean": math.nan}
+        def record(m: dict[str, float]) -> None:
+            for k, v in m.items():
+                if math.isnan(v):  # a regime absent from a minibatch has no mean there
+                    continue
+                if k.endswith("/max"):
+                    maxes[k] = max(v, maxes.get(k, -math.inf))
+                else:
+                    sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
+
         for _ in range(cfg.epochs):
             order = keep[torch.randperm(len(keep), generator=self.shuffle)]
             for idx in torch.tensor_split(order, min(cfg.minibatches, len(order))):
-                mb = batch.select(idx)
-                logp, ent = response_logp(self.policy, mb, cfg.rollout.temperature, with_entropy=True)
-                per_token, m = self.spec.fn(logp, old_logp[idx], adv[idx], mb.mask, self.params, entropy=ent)
-                loss = aggregate(per_token, mb.mask, mode=self.agg_mode)
-                if not torch.isfinite(loss):
-                    raise NanLoss(f"loss is {loss.item()} at step {self.step + 1}")
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                total = 0.0
+                for part, share in self._micro_batches(batch, idx):
+                    mb = batch.select(part)
+                    with self._autocast():
+                        logp, ent = response_logp(self.policy, mb, cfg.rollout.temperature, with_entropy=True)
+                    per_token, m = self.spec.fn(logp, old_logp[part], adv[part], mb.mask, self.params, entropy=ent)
+                    loss = aggregate(per_token, mb.mask, mode=self.agg_mode) * share
+                    if not torch.isfinite(loss):
+                        raise NanLoss(f"loss is {loss.item()} at step {self.step + 1}")
+                    loss.backward()
+                    total += loss.item()
+                    m["entropy/mean"] = ((ent * mb.mask).sum() / mb.mask.sum().clamp(min=1)).item()
+                    record(m)
                 gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.opt.step()
                 if self.snapshots:
                     self.snapshots.append(_cpu_state(self.policy))
-                m["loss/policy"] = loss.item()
-                m["grad/norm"] = gnorm.item()
-                m["entropy/mean"] = ((ent * mb.mask).sum() / mb.mask.sum().clamp(min=1)).item()
-                for k, v in m.items():
-                    if math.isnan(v):  # a regime absent from a minibatch has no mean there
-                        continue
-                    if k.endswith("/max"):
-                        maxes[k] = max(v, maxes.get(k, -math.inf))
-                    else:
-                        sums[k] = sums.get(k, 0.0) + v
-                        counts[k] = counts.get(k, 0) + 1
+                record({"loss/policy": total, "grad/norm": gnorm.item()})
         return {**{k: sums[k] / counts[k] for k in sums}, **maxes}
+
+    def _micro_batches(self, batch, idx: torch.Tensor):
+        """Split a minibatch for gradient accumulation; each part's loss is scaled by its share
+        of the minibatch (tokens for token_mean, sequences otherwise) so the summed gradient
+        equals the whole minibatch's."""
+        size = self.cfg.micro_batch_size
+        if not size or size >= len(idx):
+            yield idx, 1.0
+            return
+        tokens = batch.mask[idx].sum().clamp(min=1)
+        for part in torch.split(idx, size):
+            if self.agg_mode == "token_mean":
+                yield part, (batch.mask[part].sum() / tokens).item()
+            else:
+                yield part, len(part) / len(idx)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.model.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _load_rollout_policy(self) -> None:
         """Put the snapshot `rollout_lag` updates old into old_policy and into the rollout engine."""

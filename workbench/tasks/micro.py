@@ -104,7 +104,12 @@ class ChainSumTask:
         return list(self._eval)
 
 
-def build_task(cfg: TaskConfig) -> ChainSumTask:
-    if cfg.name != "chain_sum":  # TaskConfig's Literal already guards this; kept for new families
-        raise ValueError(f"unknown task {cfg.name!r}; valid: chain_sum")
+def build_task(cfg: TaskConfig):
+    """The task named by cfg: chain sums, or training problems drawn from a data set."""
+    if cfg.name == "dataset":
+        from workbench.tasks.dataset import DatasetTask
+
+        return DatasetTask(cfg)
+    if cfg.name != "chain_sum":  # TaskConfig's Literal already guards this
+        raise ValueError(f"unknown task {cfg.name!r}; valid: chain_sum, dataset")
     return ChainSumTask(cfg)
