@@ -1,4 +1,4 @@
-# GPU image: the workbench with its `gpu` extra (vLLM). Build and run lines: docs/gpu.md.
+# GPU image: the workbench with its `gpu` extra (vLLM). Build and run lines: README, "Running on a GPU".
 # The devel image carries nvcc and headers: Triton and vLLM compile small kernels at run time.
 # PyTorch and vLLM wheels bring their own CUDA runtime; the host needs an NVIDIA driver for CUDA 12.8.
 FROM nvidia/cuda:12.8.1-devel-ubuntu24.04

@@ -8,7 +8,7 @@ to the study's parent run.
 Every figure follows Optuna's visualization habit: `_get_<name>_info(...)` turns runs into a
 NamedTuple of plain arrays (what the tests check) and `_build_<name>(info)` draws it. The
 summary is the exception: it is an HTML table, not a plotly figure, so that its run ids can be
-selected and its links followed. How to read each figure: docs/reading_reports.md.
+selected and its links followed. How to read each figure: the README, "Reading reports".
 
 Runs are grouped by configuration (the seeds of one sweep trial, or runs whose params differ
 only in `seed`); learning curves show a group's mean with its min-max band.
