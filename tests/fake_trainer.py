@@ -15,28 +15,17 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench import tracking
 from workbench.config import RunConfig, flatten
+from workbench.trainer import RunResult
 
 CRASH_EPS_POS_DOWN = 0.66
 
 
-@dataclass
-class FakeResult:
-    run_id: str
-    status: str
-    steps_done: int
-    wall_s: float
-    final_eval: dict[str, float] = field(default_factory=dict)
-    best_eval: dict[str, float] = field(default_factory=dict)
-    collapse: str | None = None
-    collapse_step: int | None = None
-    entropy_first: float = 1.0
-    entropy_last: float = 1.0
-    reason: str | None = None
+# The fake returns the real trainer's result type, so the sweep reads it exactly as in production.
+FakeResult = RunResult
 
 
 def final_accuracy(bounds: dict[str, float], seed: int) -> float:

@@ -8,6 +8,7 @@ a typo in a clip bound must not silently fall back to a default.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -241,7 +242,7 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
 
 
 def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = _deepcopy(data)
+    out = copy.deepcopy(data)
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -253,14 +254,6 @@ def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[st
                 raise ConfigError([f"{dotted}: cannot set inside non-mapping field {key}"])
         node[leaf] = value
     return out
-
-
-def _deepcopy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deepcopy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deepcopy(v) for v in d]
-    return d
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

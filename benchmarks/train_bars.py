@@ -1,0 +1,114 @@
+"""Figures for the training-run bars, on the default micro config (DISPO, micro-3m).
+
+    python benchmarks/train_bars.py gain       # 3 seeds: held-out accuracy at the SFT start vs the end, run time,
+                                               # whether the bounds bind (clip_frac, |r - 1|, token_frac partition)
+    python benchmarks/train_bars.py neg_up     # eps_neg_up 0.01 vs 10, 3 seeds each: clip_mass and the curves
+    python benchmarks/train_bars.py tracking   # the same run with tracking on and off, and time inside MLflow calls
+
+Each subcommand prints one table; runs go to a temporary SQLite store unless --store is given.
+SFT warm starts come from the shared cache (.cache/sft); the first use of a seed builds it
+(about 2 minutes for micro-3m), which is not part of a run's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from workbench import tracking
+from workbench.config import build_run_config
+from workbench.regimes import REGIMES
+from workbench.trainer import train
+
+SEEDS = (0, 1, 2)
+
+
+def _run(over: dict, store: str, track: bool = True):
+    cfg = build_run_config({"threads": 2, **over})
+    return train(cfg, tracking_uri=store, progress=False, track=track)
+
+
+def _median(series: list[tuple[int, float]]) -> float:
+    vals = [v for _, v in series if v == v]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def gain(store: str) -> None:
+    keys = ["eval/micro/accuracy", "ratio/abs_dev_mean"] + [f"regime/{r}/{s}" for r in REGIMES for s in ("clip_frac", "token_frac")]
+    print("seed  sft_start  final   gain   run_s  " + "  ".join(f"clip_{r}" for r in REGIMES) + "  |r-1|  frac_sum")
+    gains = []
+    for seed in SEEDS:
+        res = _run({"seed": seed}, store)
+        h = tracking.metric_histories(res.run_id, keys, store)
+        acc = h["eval/micro/accuracy"]
+        start, end = acc[0][1], acc[-1][1]
+        gains.append(end - start)
+        sums = [sum(v for k in (f"regime/{r}/token_frac" for r in REGIMES) for s, v in h[k] if s == step)
+                for step, _ in h["regime/pos_up/token_frac"]]
+        clips = "  ".join(f"{_median(h[f'regime/{r}/clip_frac']):>12.3f}" for r in REGIMES)
+        print(f"{seed:>4}  {start:>9.3f}  {end:>5.3f}  {end - start:>+5.3f}  {res.wall_s:>6.0f}  {clips}  "
+              f"{_median(h['ratio/abs_dev_mean']):.3f}  {min(sums):.3f}-{max(sums):.3f}  ({res.status}, collapse={res.collapse})")
+    print(f"mean gain over seeds: {statistics.fmean(gains):+.3f}")
+
+
+def neg_up(store: str) -> None:
+    curves = ["entropy/mean", "response/length_mean", "response/repetition_rate", "eval/micro/accuracy",
+              "regime/neg_up/clip_mass", "regime/neg_up/clip_frac"]
+    arms: dict[float, list[dict]] = {0.01: [], 10.0: []}
+    for eps in arms:
+        for seed in SEEDS:
+            res = _run({"seed": seed, "objective": {"name": "dispo", "params": {"eps_neg_up": eps}}}, store)
+            arms[eps].append({**tracking.metric_histories(res.run_id, curves, store), "collapse": res.collapse})
+    mass = {eps: statistics.fmean(_median(r["regime/neg_up/clip_mass"]) for r in runs) for eps, runs in arms.items()}
+    print(f"median regime/neg_up/clip_mass, mean of {len(SEEDS)} seeds: eps 0.01 -> {mass[0.01]:.4f}, eps 10 -> {mass[10.0]:.4f}"
+          f"  (ratio {mass[0.01] / max(mass[10.0], 1e-12):.1f}x)")
+    for eps, runs in arms.items():
+        print(f"eps_neg_up={eps}: collapse flags {[r['collapse'] for r in runs]}")
+        for key in curves[:4]:
+            steps = [s for s, _ in runs[0][key]]
+            pick = steps[:: max(1, len(steps) // 6)] + ([steps[-1]] if steps[-1] not in steps[:: max(1, len(steps) // 6)] else [])
+            mean = [statistics.fmean(dict(r[key]).get(s, float("nan")) for r in runs) for s in pick]
+            print(f"  {key:<26} " + " ".join(f"{s}:{m:.3f}" for s, m in zip(pick, mean)))
+
+
+def tracking_cost(store: str) -> None:
+    spent = {"s": 0.0}
+    cls = tracking.RunTracker
+    for name in ("log_metrics", "set_tags", "log_text", "log_table", "finish"):
+        original = getattr(cls, name)
+
+        def timed(self, *a, _f=original, **k):
+            t = time.perf_counter()
+            try:
+                return _f(self, *a, **k)
+            finally:
+                spent["s"] += time.perf_counter() - t
+
+        setattr(cls, name, timed)
+    over = {"seed": 0, "steps": 30}
+    t = time.perf_counter()
+    _run(over, store, track=True)
+    on = time.perf_counter() - t
+    inside = spent["s"]
+    t = time.perf_counter()
+    _run(over, store, track=False)
+    off = time.perf_counter() - t
+    print(f"run with tracking {on:.1f}s, without {off:.1f}s: difference {100 * (on - off) / off:+.1f}% "
+          f"(run-to-run noise included); time inside MLflow calls {inside:.2f}s = {100 * inside / on:.2f}% of the run")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["gain", "neg_up", "tracking"])
+    p.add_argument("--store", help="MLflow tracking URI (default: a temporary SQLite store)")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        store = a.store or f"sqlite:///{Path(d) / 'mlflow.db'}"
+        {"gain": gain, "neg_up": neg_up, "tracking": tracking_cost}[a.what](store)
+
+
+if __name__ == "__main__":
+    main()
