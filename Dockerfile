@@ -18,7 +18,7 @@ WORKDIR /opt/dispo-wb
 # workbench does not reinstall torch and vLLM.
 COPY pyproject.toml README.md ./
 RUN mkdir workbench && touch workbench/__init__.py \
-    && pip install ".[gpu]" \
+    && pip install ".[gpu,hub]" \
     && pip uninstall -y dispo-wb && rm -rf workbench build *.egg-info
 COPY workbench ./workbench
 COPY studies ./studies

@@ -26,8 +26,11 @@ from workbench.trainer import train
 SEEDS = (0, 1, 2)
 
 
+THREADS = 2
+
+
 def _run(over: dict, store: str, track: bool = True):
-    cfg = build_run_config({"threads": 2, **over})
+    cfg = build_run_config({"threads": THREADS, **over})
     return train(cfg, tracking_uri=store, progress=False, track=track)
 
 
@@ -104,7 +107,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["gain", "neg_up", "tracking"])
     p.add_argument("--store", help="MLflow tracking URI (default: a temporary SQLite store)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when two benchmarks share 2 cores)")
     a = p.parse_args()
+    global THREADS
+    THREADS = a.threads
     with tempfile.TemporaryDirectory() as d:
         store = a.store or f"sqlite:///{Path(d) / 'mlflow.db'}"
         {"gain": gain, "neg_up": neg_up, "tracking": tracking_cost}[a.what](store)
