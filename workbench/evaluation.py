@@ -12,6 +12,11 @@ from typing import Callable
 from workbench.rollout.base import RolloutBackend, Sampling
 
 
+def metric_key(name: str) -> str:
+    """Benchmark name as it appears in metric keys (`^[a-z0-9_/.]+$`)."""
+    return "".join(c if c.isalnum() or c in "_." else "_" for c in name.lower())
+
+
 def evaluate(backend: RolloutBackend, tokenizer, problems, *, benchmark: str, k: int, temperature: float,
              max_new_tokens: int, score: Callable[[list[str], list[str]], list[float]],
              prompt_of: Callable[[str], str]) -> dict[str, float]:

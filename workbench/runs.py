@@ -43,7 +43,7 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
 
 def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, temperature: float, limit: int | None,
                         max_new_tokens: int, seed: int) -> dict[str, float]:
-    from workbench.evaluation import evaluate
+    from workbench.evaluation import evaluate, metric_key
     from workbench.models import build_prompt, is_micro, load_policy, select_device
     from workbench.rewards import RewardPool, score_answer
     from workbench.rollout.hf import HFBackend
@@ -69,8 +69,7 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, tempe
                 problems = load_benchmark(name, TaskConfig(), limit=limit)
             except ValueError as e:
                 raise UserError(f"--benchmark: {e}") from None
-            key = "".join(c if c.isalnum() or c in "_." else "_" for c in name.lower())
-            out.update(evaluate(backend, tok, problems, benchmark=key, k=k, temperature=temperature,
+            out.update(evaluate(backend, tok, problems, benchmark=metric_key(name), k=k, temperature=temperature,
                                 max_new_tokens=max_new_tokens, score=lambda t, g: pool.score(t, g).rewards,
                                 prompt_of=lambda q: build_prompt(tok, q, micro_prompts)))
     return out

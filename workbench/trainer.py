@@ -40,7 +40,7 @@ from workbench.batching import pack, response_logp, response_logp_chunked
 from workbench.collapse import detect_collapse
 from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError
-from workbench.evaluation import evaluate
+from workbench.evaluation import evaluate, metric_key
 from workbench.metrics import response_metrics
 from workbench.models import build_prompt, is_micro, load_policy, select_device
 from workbench.objectives import aggregate, get_spec
@@ -355,7 +355,7 @@ class _Run:
         self.backend.wake()
         metrics: dict[str, float] = {}
         for name, problems in self.benchmarks.items():
-            metrics.update(evaluate(self.backend, self.tok, problems, benchmark=_key(name), k=cfg.eval.k,
+            metrics.update(evaluate(self.backend, self.tok, problems, benchmark=metric_key(name), k=cfg.eval.k,
                                     temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                                     score=lambda t, g: self.pool.score(t, g).rewards, prompt_of=self.prompt_of))
         self.backend.sleep()
@@ -414,11 +414,6 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _named_state(source: torch.nn.Module, engine_model: torch.nn.Module | None):
     """Weights to push into the rollout engine; none when the engine samples from `source` itself."""
     return [] if source is engine_model else list(source.state_dict().items())
-
-
-def _key(name: str) -> str:
-    """Benchmark name as it appears in metric keys (`^[a-z0-9_/.]+$`)."""
-    return "".join(c if c.isalnum() or c in "_." else "_" for c in name.lower())
 
 
 def _logp_mismatch(sampling_logp: list[list[float]], old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
