@@ -25,6 +25,11 @@ def test_objectives_lists_every_objective_with_defaults():
     (["--eps-neg-up", "-0.5"], "eps_neg_up"),
     (["--model", "micro-7b"], "micro-7b"),
     (["--steps", "0"], "steps: Input should be greater than or equal to 1"),
+    (["--set", "sft.target_lo=0.4"], "sft.target_lo: unknown field"),
+    (["--set", "rollout.group_size"], "expected KEY=VALUE"),
+    (["--set", "rollout.group_size=eight"], "rollout.group_size: Input should be a valid integer"),
+    (["--set", "lr=[1"], "not valid YAML"),
+    (["--set", "steps=3", "--resume", "abc"], "--set cannot change a resumed run"),
 ])
 def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -50,12 +55,15 @@ def test_train_runs_and_logs(tmp_path, monkeypatch):
     cfg.write_text("model: {name: micro-0.5m}\nsft: {enabled: false}\nsteps: 2\nupdates_per_rollout: 2\n"
                    "rollout: {prompts_per_step: 2, group_size: 2, max_new_tokens: 16}\neval: {k: 1, limit: 4}\n")
     uri = f"sqlite:///{tmp_path}/m.db"
-    out = runner.invoke(app, ["train", "--config", str(cfg), "--tracking-uri", uri, "--quiet", "--eps-neg-up", "inf"])
+    out = runner.invoke(app, ["train", "--config", str(cfg), "--tracking-uri", uri, "--quiet", "--eps-neg-up", "inf",
+                              "--set", "rollout.max_new_tokens=12", "--set", "eval.benchmarks=[micro]"])
     assert out.exit_code == 0, out.output
     assert "FINISHED after 2 steps" in out.output
     c = MlflowClient(uri)
     run = c.search_runs([c.get_experiment_by_name("dispo-wb").experiment_id])[0]
     assert run.data.params["objective.params.eps_neg_up"] == "inf"
+    assert run.data.params["eval.benchmarks"] == "['micro']"  # --set reads YAML: a list, not the text "[micro]"
+    assert run.data.params["rollout.max_new_tokens"] == "12"  # --set overrides the file
 
 
 def test_eval_unknown_benchmark_and_missing_checkpoint(tmp_path):

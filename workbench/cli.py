@@ -53,10 +53,12 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default sqlite:///mlflow.db)")] = None,
     resume: Annotated[Optional[str], typer.Option(help="continue an interrupted run from its checkpoint")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
+                                                      help="any config field, repeatable: --set sft.target_low=0.4")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run one RL training run and log it to MLflow."""
-    from workbench.runs import resume_config, run_config_from_cli
+    from workbench.runs import parse_set_flags, resume_config, run_config_from_cli
     from workbench.trainer import train as run_training
 
     flags = {"objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
@@ -66,6 +68,9 @@ def train(
              "updates_per_rollout": updates_per_rollout, "rollout_lag": rollout_lag, "experiment": experiment,
              "run_name": run_name, "threads": threads}
     try:
+        if set_ and resume:
+            raise UserError("--set cannot change a resumed run's config; only --steps can")
+        flags = {**parse_set_flags(set_ or []), **{k: v for k, v in flags.items() if v is not None}}
         if resume:
             cfg = resume_config(resume, tracking_uri, {k: v for k, v in flags.items() if k == "steps"})
         else:

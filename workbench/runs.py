@@ -20,6 +20,21 @@ from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, bu
 from workbench.errors import UserError
 
 
+def parse_set_flags(items: list[str]) -> dict[str, Any]:
+    """`--set key.path=value` flags -> overrides; values are read as YAML (0.4, true, [a, b], .inf)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not all(key.strip().split(".")):
+            raise ConfigError([f"--set {item!r}: expected KEY=VALUE with a dotted config field, e.g. sft.target_low=0.4"])
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError([f"--set {item!r}: the value is not valid YAML"]) from None
+        out[key.strip()] = value
+    return out
+
+
 def run_config_from_cli(path: Path | None, flags: dict[str, Any]) -> RunConfig:
     data = read_yaml(path) if path else {}
     return build_run_config(data, {k: v for k, v in flags.items() if v is not None})
@@ -75,4 +90,4 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, tempe
     return out
 
 
-__all__ = ["run_config_from_cli", "resume_config", "evaluate_checkpoint", "ConfigError"]
+__all__ = ["parse_set_flags", "run_config_from_cli", "resume_config", "evaluate_checkpoint", "ConfigError"]
