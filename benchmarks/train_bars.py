@@ -4,6 +4,7 @@
                                                # whether the bounds bind (clip_frac, |r - 1|, token_frac partition)
     python benchmarks/train_bars.py neg_up     # eps_neg_up 0.01 vs 10, 3 seeds each: clip_mass and the curves
     python benchmarks/train_bars.py tracking   # the same run with tracking on and off, and time inside MLflow calls
+    python benchmarks/train_bars.py tradeoff [--only 0 3]   # the runs of README's gain-vs-binding tables
 
 Each subcommand prints one table; runs go to a temporary SQLite store unless --store is given.
 SFT warm starts come from the shared cache (.cache/sft); the first use of a seed builds it
@@ -57,6 +58,41 @@ def gain(store: str) -> None:
     print(f"mean gain over seeds: {statistics.fmean(gains):+.3f}")
 
 
+# README "The gain and the binding bounds pull against each other": (seed, overrides of the default run).
+_LOW = {"sft": {"target_low": 0.4}}
+_MASK = {"objective": {"name": "dispo", "params": {"mask_mode": True}}}
+TRADEOFF = [
+    (0, {"lr": 1e-5, "eval": {"every": 20}}),
+    (0, {"lr": 1e-5, "rollout_lag": 32, "steps": 40, "rollout": {"prompts_per_step": 32}}),
+    (1, {"lr": 1e-5, "rollout_lag": 32, "steps": 40, "rollout": {"prompts_per_step": 32}}),
+    (0, {"lr": 2e-5, "rollout_lag": 16, "steps": 40, "rollout": {"prompts_per_step": 32}}),
+    (1, {"lr": 1e-5, "rollout_lag": 16, "steps": 25, "rollout": {"prompts_per_step": 64}, "eval": {"every": 5}}),
+    (1, {"lr": 2e-5, "rollout_lag": 16, "updates_per_rollout": 4}),
+    (1, {"lr": 2e-5, "rollout_lag": 0, "updates_per_rollout": 4}),
+    (1, {"lr": 4e-5, "rollout_lag": 0, "updates_per_rollout": 4}),
+    (0, _LOW), (1, _LOW), (1, {"lr": 1e-5, **_LOW}), (2, _LOW),
+    (0, {"lr": 1e-5, **_MASK}), (1, {"lr": 1e-5, **_MASK}),
+    (1, {"lr": 1e-5, **_LOW, **_MASK}), (2, {"lr": 1e-5, **_LOW, **_MASK}),
+]
+
+
+def tradeoff(store: str, only: list[int] | None) -> None:
+    """Each run: avg@4 start -> end, median clip_frac per regime, and whether it meets both bars."""
+    keys = ["eval/micro/accuracy", "ratio/abs_dev_mean"] + [f"regime/{r}/clip_frac" for r in REGIMES]
+    for i, (seed, over) in enumerate(TRADEOFF):
+        if only is not None and i not in only:
+            continue
+        res = _run({"seed": seed, "eval": {"every": 10}, **over}, store)
+        h = tracking.metric_histories(res.run_id, keys, store)
+        acc = h["eval/micro/accuracy"]
+        clips = [_median(h[f"regime/{r}/clip_frac"]) for r in REGIMES]
+        gain_ = acc[-1][1] - acc[0][1]
+        both = gain_ >= 0.10 and min(clips) >= 0.05
+        print(f"{i:>2} seed {seed} {over}: avg@4 {acc[0][1]:.3f} -> {acc[-1][1]:.3f} (peak {max(v for _, v in acc):.3f}) "
+              f"gain {100 * gain_:+.1f}  clip {'/'.join(f'{c:.3f}' for c in clips)}  "
+              f"|r-1| {_median(h['ratio/abs_dev_mean']):.3f}  {res.wall_s:.0f}s  both bars: {'yes' if both else 'no'}")
+
+
 def neg_up(store: str) -> None:
     curves = ["entropy/mean", "response/length_mean", "response/repetition_rate", "eval/micro/accuracy",
               "regime/neg_up/clip_mass", "regime/neg_up/clip_frac"]
@@ -106,7 +142,8 @@ def tracking_cost(store: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["gain", "neg_up", "tracking"])
+    p.add_argument("what", choices=["gain", "neg_up", "tracking", "tradeoff"])
+    p.add_argument("--only", type=int, nargs="+", help="tradeoff: run these rows only (0-based)")
     p.add_argument("--store", help="MLflow tracking URI (default: a temporary SQLite store)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when two benchmarks share 2 cores)")
     a = p.parse_args()
@@ -114,7 +151,10 @@ def main() -> None:
     THREADS = a.threads
     with tempfile.TemporaryDirectory() as d:
         store = a.store or f"sqlite:///{Path(d) / 'mlflow.db'}"
-        {"gain": gain, "neg_up": neg_up, "tracking": tracking_cost}[a.what](store)
+        if a.what == "tradeoff":
+            tradeoff(store, a.only)
+        else:
+            {"gain": gain, "neg_up": neg_up, "tracking": tracking_cost}[a.what](store)
 
 
 if __name__ == "__main__":
