@@ -53,10 +53,12 @@ def test_train_runs_and_logs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: {name: micro-0.5m}\nsft: {enabled: false}\nsteps: 2\nupdates_per_rollout: 2\n"
-                   "rollout: {prompts_per_step: 2, group_size: 2, max_new_tokens: 16}\neval: {k: 1, limit: 4}\n")
+                   "rollout: {prompts_per_step: 2, group_size: 2, max_new_tokens: 16}\neval: {k: 1, limit: 4}\n"
+                   "run_name: from-file\n")
     uri = f"sqlite:///{tmp_path}/m.db"
     out = runner.invoke(app, ["train", "--config", str(cfg), "--tracking-uri", uri, "--quiet", "--eps-neg-up", "inf",
-                              "--set", "rollout.max_new_tokens=12", "--set", "eval.benchmarks=[micro]"])
+                              "--set", "rollout.max_new_tokens=12", "--set", "eval.benchmarks=[micro]",
+                              "--set", "run_name=null", "--set", "steps=5", "--steps", "2"])
     assert out.exit_code == 0, out.output
     assert "FINISHED after 2 steps" in out.output
     c = MlflowClient(uri)
@@ -64,6 +66,7 @@ def test_train_runs_and_logs(tmp_path, monkeypatch):
     assert run.data.params["objective.params.eps_neg_up"] == "inf"
     assert run.data.params["eval.benchmarks"] == "['micro']"  # --set reads YAML: a list, not the text "[micro]"
     assert run.data.params["rollout.max_new_tokens"] == "12"  # --set overrides the file
+    assert run.info.run_name != "from-file"  # null is a value for --set: back to the default name
 
 
 def test_eval_unknown_benchmark_and_missing_checkpoint(tmp_path):

@@ -70,11 +70,11 @@ def train(
     try:
         if set_ and resume:
             raise UserError("--set cannot change a resumed run's config; only --steps can")
-        flags = {**parse_set_flags(set_ or []), **{k: v for k, v in flags.items() if v is not None}}
+        settings = parse_set_flags(set_ or [])
         if resume:
             cfg = resume_config(resume, tracking_uri, {k: v for k, v in flags.items() if k == "steps"})
         else:
-            cfg = run_config_from_cli(config, flags)
+            cfg = run_config_from_cli(config, flags, settings)
     except ConfigError as e:
         fail(e.lines)
     except UserError as e:

@@ -228,9 +228,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_run_config(data: dict[str, Any], overrides: dict[str, Any] | None = None, prefix: str = "") -> RunConfig:
-    """Validate `data` with dotted-key `overrides` applied (e.g. {"objective.params.eps_neg_up": 0.01})."""
-    merged = _apply_overrides(data, overrides or {})
+def build_run_config(data: dict[str, Any], overrides: dict[str, Any] | None = None, prefix: str = "",
+                     settings: dict[str, Any] | None = None) -> RunConfig:
+    """Validate `data` with dotted-key `settings` then `overrides` applied (e.g. {"objective.params.eps_neg_up": 0.01}).
+
+    A None override means the flag was not given; a None setting (`--set eval.limit=null`) sets the field to None.
+    """
+    merged = _apply_overrides(_apply_overrides(data, settings or {}, keep_none=True), overrides or {})
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:
@@ -241,10 +245,11 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
     return build_run_config(read_yaml(path) if path else {}, overrides)
 
 
-def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any], keep_none: bool = False) -> dict[str, Any]:
+    """`data` with dotted-key overrides set; a None override means "not given" unless keep_none."""
     out = copy.deepcopy(data)
     for dotted, value in overrides.items():
-        if value is None:
+        if value is None and not keep_none:
             continue
         node = out
         *parents, leaf = dotted.split(".")

@@ -35,9 +35,10 @@ def parse_set_flags(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_config_from_cli(path: Path | None, flags: dict[str, Any]) -> RunConfig:
+def run_config_from_cli(path: Path | None, flags: dict[str, Any], settings: dict[str, Any] | None = None) -> RunConfig:
+    """The file, then `--set` settings (None is a value there), then the named flags (None: not given)."""
     data = read_yaml(path) if path else {}
-    return build_run_config(data, {k: v for k, v in flags.items() if v is not None})
+    return build_run_config(data, {k: v for k, v in flags.items() if v is not None}, settings=settings)
 
 
 def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, Any]) -> RunConfig:
