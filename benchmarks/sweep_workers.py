@@ -39,7 +39,9 @@ def main() -> None:
 
     base = load_study_file(args.study)
     if args.steps:
-        base = dataclasses.replace(base, base_data={**base.base_data, "steps": args.steps})
+        # Both: trials are built from base_data, the logged base_config.yaml from base.
+        base = dataclasses.replace(base, base_data={**base.base_data, "steps": args.steps},
+                                   base=base.base.model_copy(update={"steps": args.steps}))
     values = [round(0.05 * 2 ** i, 4) for i in range(args.trials)]
     os.chdir(ROOT)  # the SFT warm-start cache (.cache/sft) is shared by both runs
     rates = {}

@@ -40,6 +40,11 @@ def _median(series: list[tuple[int, float]]) -> float:
     return statistics.median(vals) if vals else float("nan")
 
 
+def _clip_medians(h: dict) -> list[float]:
+    """Median over steps of clip_frac, per regime (REGIMES order)."""
+    return [_median(h[f"regime/{r}/clip_frac"]) for r in REGIMES]
+
+
 def gain(store: str) -> None:
     keys = ["eval/micro/accuracy", "ratio/abs_dev_mean"] + [f"regime/{r}/{s}" for r in REGIMES for s in ("clip_frac", "token_frac")]
     print("seed  sft_start  final   gain   run_s  " + "  ".join(f"clip_{r}" for r in REGIMES) + "  |r-1|  frac_sum")
@@ -52,7 +57,7 @@ def gain(store: str) -> None:
         gains.append(end - start)
         sums = [sum(v for k in (f"regime/{r}/token_frac" for r in REGIMES) for s, v in h[k] if s == step)
                 for step, _ in h["regime/pos_up/token_frac"]]
-        clips = "  ".join(f"{_median(h[f'regime/{r}/clip_frac']):>12.3f}" for r in REGIMES)
+        clips = "  ".join(f"{c:>12.3f}" for c in _clip_medians(h))
         print(f"{seed:>4}  {start:>9.3f}  {end:>5.3f}  {end - start:>+5.3f}  {res.wall_s:>6.0f}  {clips}  "
               f"{_median(h['ratio/abs_dev_mean']):.3f}  {min(sums):.3f}-{max(sums):.3f}  ({res.status}, collapse={res.collapse})")
     print(f"mean gain over seeds: {statistics.fmean(gains):+.3f}")
@@ -85,7 +90,7 @@ def tradeoff(store: str, only: list[int] | None) -> None:
         res = _run({"seed": seed, "eval": {"every": 10}, **over}, store)
         h = tracking.metric_histories(res.run_id, keys, store)
         acc = h["eval/micro/accuracy"]
-        clips = [_median(h[f"regime/{r}/clip_frac"]) for r in REGIMES]
+        clips = _clip_medians(h)
         gain_ = acc[-1][1] - acc[0][1]
         both = gain_ >= 0.10 and min(clips) >= 0.05
         print(f"{i:>2} seed {seed} {over}: avg@4 {acc[0][1]:.3f} -> {acc[-1][1]:.3f} (peak {max(v for _, v in acc):.3f}) "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workbench import tracking
 from workbench.config import RunConfig, flatten
-from workbench.trainer import RunResult
+from workbench.results import RunResult
 
 CRASH_EPS_POS_DOWN = 0.66
 

@@ -19,9 +19,8 @@ from mlflow.entities import Metric, Param, RunTag
 
 from workbench.collapse import detect_collapse
 from workbench.config import CollapseConfig
-
-REGIMES = ("pos_up", "pos_down", "neg_up", "neg_down")
-BOUNDS = ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down")
+from workbench.reporting.runs import REGIMES
+from workbench.study import BOUNDS, parse_direction
 MAX_LEN = 48
 
 
@@ -165,8 +164,7 @@ def log_study(client: MlflowClient, experiment_id: str, journal: Path, *, name: 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.create_study(study_name=name, storage=storage,
                                 directions=[d.split()[0] for d in directions])
-    keys_of = {"collapse": "collapse/rate", "entropy_retention": "entropy/retention"}
-    metric_keys = [keys_of.get(d.split()[-1], d.split()[-1]) for d in directions]
+    metric_keys = [parse_direction(d).key for d in directions]
     study.set_user_attr("directions", list(directions))
     study.set_user_attr("direction_keys", metric_keys)
     parent = client.create_run(experiment_id, run_name=name, tags={

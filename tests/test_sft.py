@@ -222,7 +222,7 @@ def test_rename_loser_keeps_the_winners_entry(tmp_path):
     assert list(entry.parent.glob(".tmp-*")) == []
 
 
-def test_hf_models_and_disabled_sft_skip_training(tmp_path, monkeypatch):
+def test_disabled_sft_skips_training(tmp_path, monkeypatch):
     monkeypatch.setattr(sft, "train_sft", lambda *a, **k: pytest.fail("should not train"))
     cfg = _config(tmp_path, enabled=False)
     _, _, info = sft.warm_start(cfg, log=lambda s: None)

@@ -8,18 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from workbench.cli_common import fail
 from workbench.config import ConfigError
 from workbench.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ablation workbench for clipped policy-gradient RL of language models on math.")
-
-
-def fail(lines: list[str] | str, code: int = 2) -> None:
-    """User errors: one line per problem on stderr, exit code 2, nothing written."""
-    for line in [lines] if isinstance(lines, str) else lines:
-        typer.echo(f"error: {line}", err=True)
-    raise typer.Exit(code)
 
 
 @app.command()

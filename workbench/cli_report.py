@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from workbench.cli_common import fail
 from workbench.errors import UserError
 
 TRACKING_HELP = "MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
@@ -32,15 +33,15 @@ def register(app: typer.Typer) -> None:
         from workbench.report import make_report
 
         if len(targets) > 1 and not compare:
-            _fail(f"one TARGET expected, got {len(targets)}: {' '.join(targets)}; "
+            fail(f"one TARGET expected, got {len(targets)}: {' '.join(targets)}; "
                   "to overlay runs use: report TARGET --compare RUN RUN ...")
         if compare and len(targets) < 2:
-            _fail("--compare needs at least one RUN after TARGET: report TARGET --compare RUN RUN ...")
+            fail("--compare needs at least one RUN after TARGET: report TARGET --compare RUN RUN ...")
         try:
             index = make_report(targets[0], compare=targets[1:] or None, tracking_uri=tracking_uri, out_dir=out_dir,
                                 png=png, log_artifact=log_artifact)
         except UserError as e:
-            _fail(str(e))
+            fail(str(e))
         typer.echo(f"report: {index}")
 
     @app.command()
@@ -59,9 +60,4 @@ def register(app: typer.Typer) -> None:
         try:
             serve_ui(port=port, host=host, tracking_uri=tracking_uri, optuna=optuna, storage=storage)
         except UserError as e:
-            _fail(str(e))
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+            fail(str(e))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
+from workbench.cli_common import fail
 from workbench.config import ConfigError
 from workbench.errors import UserError
 
@@ -29,12 +30,6 @@ sweep_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, add_completion=
                         help="Optuna studies over the clip space: `dispo-wb sweep STUDY.yaml`, `dispo-wb sweep status STUDY`.")
 
 
-def _fail(lines: list[str] | str, code: int = 2) -> None:
-    for line in [lines] if isinstance(lines, str) else lines:
-        typer.echo(f"error: {line}", err=True)
-    raise typer.Exit(code)
-
-
 @sweep_app.command("run")
 def run_cmd(
     study: Annotated[Path, typer.Argument(help="study file (YAML), e.g. studies/clip_grid.yaml")],
@@ -50,12 +45,12 @@ def run_cmd(
     try:
         spec = load_study_file(study)
     except ConfigError as e:
-        _fail([f"{study}: {line}" for line in e.lines])
+        fail([f"{study}: {line}" for line in e.lines])
     try:
         result = run_study(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, train_fn=train_fn,
                            echo=typer.echo)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     except KeyboardInterrupt:
         typer.echo("sweep interrupted; run the same command to continue it", err=True)
         raise typer.Exit(130)
@@ -65,7 +60,7 @@ def run_cmd(
     typer.echo(f"  MLflow:  mlflow ui --backend-store-uri {_tracking(tracking_uri)}  (parent run {result.parent_run_id})")
     typer.echo(f"  report:  dispo-wb report {result.study_name}")
     if not result.complete:
-        _fail(f"study {result.study_name} is not complete (failed trials are listed by `dispo-wb sweep status`); "
+        fail(f"study {result.study_name} is not complete (failed trials are listed by `dispo-wb sweep status`); "
               "run the same command again to retry them", code=1)
 
 
@@ -82,9 +77,9 @@ def status_cmd(
     try:
         info = study_status(study, storage)
     except ConfigError as e:
-        _fail([f"{study}: {line}" for line in e.lines])
+        fail([f"{study}: {line}" for line in e.lines])
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     console = Console()
     console.print(render_status(info))
     if not info.rows:

@@ -25,6 +25,7 @@ from tokenizers import models as tok_models
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from workbench.config import ModelConfig
+from workbench.errors import first_line
 from workbench.tasks.micro import BOXED
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -155,7 +156,7 @@ def _load_pretrained(cfg: ModelConfig, micro: bool = False) -> tuple[torch.nn.Mo
         return _from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as e:
         if looks_like_path:
-            raise ValueError(f"model.name: cannot load a model from {name!r}: {_first_line(e)}") from None
+            raise ValueError(f"model.name: cannot load a model from {name!r}: {first_line(e)}") from None
     if _offline():
         raise ValueError(f"model {name!r} could not be found locally and no network is available (HF_HUB_OFFLINE is set)")
     if not _hub_reachable():
@@ -164,7 +165,7 @@ def _load_pretrained(cfg: ModelConfig, micro: bool = False) -> tuple[torch.nn.Mo
     try:
         return _from_pretrained(source, local_files_only=False, **kwargs)
     except Exception as e:  # connection errors come in many classes; all end the same way
-        raise ValueError(f"model {name!r} could not be found locally and could not be downloaded (no network available?): {_first_line(e)}") from None
+        raise ValueError(f"model {name!r} could not be found locally and could not be downloaded (no network available?): {first_line(e)}") from None
 
 
 def _from_pretrained(source: str, local_files_only: bool, **kwargs):
@@ -202,11 +203,6 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return True
     except OSError:
         return False
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 def build_prompt(tokenizer: PreTrainedTokenizerBase, question: str, is_micro: bool) -> str:

@@ -42,7 +42,7 @@ from workbench.errors import UserError
 from workbench.reporting import clip_space, curves
 from workbench.reporting.runs import (BOUNDS, accuracy_key, best_value, collapse_marker, final_value, fmt_bound,
                                       run_bounds, run_label, run_wall_s, several_studies)
-from workbench.tracking import RunRecord, TargetRuns
+from workbench.tracking import TargetRuns
 
 UI_BASE = "http://127.0.0.1:5000"
 
@@ -64,15 +64,13 @@ class SummaryRow(NamedTuple):
 
 
 class SummaryInfo(NamedTuple):
-    target: str
-    kind: str
     acc_key: str | None
     rows: tuple[SummaryRow, ...]
-    anchor_url: str | None
-    notes: tuple[str, ...]
+    anchor_url: str
 
 
-def _get_summary_info(target: TargetRuns, acc_key: str | None, ui_base: str = UI_BASE) -> SummaryInfo:
+def _get_summary_info(target: TargetRuns, acc_key: str | None) -> SummaryInfo:
+    ui_base = UI_BASE
     rows, with_study = [], several_studies(target.runs)
     for r in target.runs:
         m = collapse_marker(r)
@@ -84,7 +82,7 @@ def _get_summary_info(target: TargetRuns, acc_key: str | None, ui_base: str = UI
     rows.sort(key=lambda row: -row.final_acc if not math.isnan(row.final_acc) else math.inf)
     anchor = (tracking.run_url(ui_base, target.experiment_id, target.anchor_run_id) if target.anchor_run_id
               else f"{ui_base}/#/experiments/{target.experiment_id}")
-    return SummaryInfo(target.name, target.kind, acc_key, tuple(rows), anchor, tuple(target.notes))
+    return SummaryInfo(acc_key, tuple(rows), anchor)
 
 
 def _build_summary(info: SummaryInfo) -> str:
@@ -98,7 +96,7 @@ def _build_summary(info: SummaryInfo) -> str:
                  _fmt_time(r.wall_s), html.escape(r.status),
                  f'<a href="{html.escape(r.url)}"><code>{r.run_id}</code></a>']
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f'<p>MLflow: <a href="{html.escape(info.anchor_url or "")}">{html.escape(info.anchor_url or "")}</a> '
+    return (f'<p>MLflow: <a href="{html.escape(info.anchor_url)}">{html.escape(info.anchor_url)}</a> '
             f'(start the UI with <code>dispo-wb ui</code>). Accuracy: '
             f'<code>{html.escape(info.acc_key or "none logged")}</code>, last and best evaluation; '
             f'bounds: offsets from 1, "off" where switched off.</p>'
@@ -143,8 +141,8 @@ HOW = {
 }
 
 
-def _sections(target: TargetRuns, runs: list[RunRecord], acc_key: str | None) -> list[Section]:
-    out = []
+def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
+    runs, out = target.runs, []
     for name, title, get in (("exploration", "Exploration / distillation", curves._get_exploration_info),
                              ("collapse", "Collapse curves", curves._get_collapse_info)):
         info = get(runs, acc_key)
@@ -234,7 +232,7 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
         notes.append("no accuracy metric logged (eval/<benchmark>/accuracy or train/accuracy)")
     if log_artifact and not found.anchor_run_id:
         notes.append("not logged to MLflow: an experiment has no run of its own to hold the report")
-    sections = _sections(found, found.runs, acc_key)
+    sections = _sections(found, acc_key)
     folder = Path(out_dir) / slug(title)
     if (folder / "index.html").exists():
         shutil.rmtree(folder)  # an earlier report of the same target: no stale figure may survive
@@ -308,10 +306,7 @@ def _port_free(host: str, port: int) -> bool:
 def start_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None = None,
              optuna: bool = False, storage: str | None = None) -> tuple[list[UiProcess], list[str]]:
     """Start `mlflow ui` (and optuna-dashboard) on the stores the runs were logged to; returns them and notes."""
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no MLflow store at {uri.removeprefix('sqlite:///')}; pass --tracking-uri or set "
-                        "MLFLOW_TRACKING_URI to the store the runs were logged to")
+    uri = tracking.require_store(tracking_uri)
     if not _port_free(host, port):
         raise UserError(f"port {port} on {host} is in use; pass --port with a free one")
     notes: list[str] = []
@@ -321,10 +316,9 @@ def start_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None
     if optuna:
         here = str(Path(sys.executable).parent)  # the venv's bin, which need not be on PATH
         dash = shutil.which("optuna-dashboard", path=here) or shutil.which("optuna-dashboard")
-        storage = storage or _latest_storage(uri)
         if importlib.util.find_spec("optuna_dashboard") is None or not dash:
             notes.append("optuna-dashboard is not installed (pip install optuna-dashboard); MLflow UI only")
-        elif not storage:
+        elif not (storage := storage or _latest_storage(uri)):
             notes.append("no study storage found (no parent run tagged optuna.storage); pass --storage")
         elif not _port_free(host, port + 1):
             notes.append(f"port {port + 1} is in use; optuna-dashboard not started")

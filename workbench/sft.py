@@ -29,6 +29,8 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.models import is_micro, load_policy, load_saved
+from workbench.rollout.base import Sampling
+from workbench.rollout.hf import HFBackend
 from workbench.tasks.micro import ChainSumTask, Problem, build_task, last_boxed
 
 INFO_FILE = "sft_info.json"
@@ -55,28 +57,15 @@ def encode_sft_batch(tokenizer, problems: list[Problem], device: torch.device) -
     return ids, mask, labels
 
 
-@torch.no_grad()
-def greedy_responses(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 256) -> list[str]:
-    """Greedy completions (KV cache, left padding), decoded without special tokens."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left").to(device)
-        gen = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )  # (B, T_prompt + T_new)
-        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    model.train(was_training)
-    return out
+def greedy_responses(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy completions from the rollout backend (same prompt encoding as RL), decoded without special tokens."""
+    backend = HFBackend(model, tokenizer, next(model.parameters()).device)
+    ro = backend.generate(prompts, 1, Sampling(temperature=0, top_p=1.0, max_new_tokens=max_new_tokens))
+    return tokenizer.batch_decode(ro.response_ids, skip_special_tokens=True)
 
 
-def greedy_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: int | None = None) -> float:
+def greedy_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> float:
     """Share of problems whose greedy response boxes exactly the gold answer."""
-    if max_new_tokens is None:
-        max_new_tokens = max(len(tokenizer(p.solution, add_special_tokens=False)["input_ids"]) for p in problems) + 8
     responses = greedy_responses(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
     return sum(last_boxed(r) == p.answer for r, p in zip(responses, problems)) / len(problems)
 

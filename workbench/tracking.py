@@ -307,8 +307,8 @@ class TargetRuns:
     notes: list[str] = field(default_factory=list)
 
 
-def _reading_client(uri: str | None):
-    """A client on an existing store: a mistyped path must not create an empty SQLite store."""
+def require_store(uri: str | None) -> str:
+    """The resolved tracking URI of an existing store: a mistyped path must not create an empty SQLite store."""
     from workbench.errors import UserError
 
     uri = resolve_tracking_uri(uri)
@@ -317,7 +317,12 @@ def _reading_client(uri: str | None):
         if not path.exists():
             raise UserError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri or set "
                             "MLFLOW_TRACKING_URI to the store the runs were logged to")
-    return _client(uri)
+    return uri
+
+
+def _reading_client(uri: str | None):
+    """A client on an existing store (see `require_store`)."""
+    return _client(require_store(uri))
 
 
 def _record(run) -> RunRecord:
@@ -526,11 +531,9 @@ def _client_metric_rows(client, runs: list[RunRecord]) -> list[tuple]:
         return [row for rows in pool.map(fetch, jobs) for row in rows]
 
 
-def log_report(run_id: str, directory: str | Path, tracking_uri: str | None = None) -> str:
-    """Upload a report folder as the run's `report/` artifacts; returns the artifact URI."""
-    client = _client(tracking_uri)
-    client.log_artifacts(run_id, str(directory), "report")
-    return f"{client.get_run(run_id).info.artifact_uri}/report"
+def log_report(run_id: str, directory: str | Path, tracking_uri: str | None = None) -> None:
+    """Upload a report folder as the run's `report/` artifacts."""
+    _client(tracking_uri).log_artifacts(run_id, str(directory), "report")
 
 
 def ui_command(tracking_uri: str | None, host: str, port: int) -> list[str]:

@@ -28,7 +28,6 @@ import random
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Callable
 
@@ -42,9 +41,10 @@ from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError
 from workbench.evaluation import evaluate, metric_key
 from workbench.metrics import response_metrics
-from workbench.models import build_prompt, is_micro, load_policy, select_device
+from workbench.models import build_prompt, is_micro, select_device
 from workbench.objectives import aggregate, get_spec
 from workbench.regimes import REGIMES
+from workbench.results import RunResult
 from workbench.rewards import RewardPool, score_answer
 from workbench.rollout import make_backend
 from workbench.rollout.base import Sampling
@@ -56,21 +56,6 @@ from workbench.tasks.micro import build_task
 STEP_UPDATE_KEYS = tuple(f"regime/{r}/{s}" for r in REGIMES
                          for s in ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy")) + (
     "ratio/mean", "ratio/max", "ratio/abs_dev_mean", "loss/policy", "grad/norm", "entropy/mean")
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    status: str  # FINISHED | FAILED | KILLED | STOPPED (ended early by on_eval or a collapse stop)
-    steps_done: int
-    wall_s: float
-    final_eval: dict[str, float] = field(default_factory=dict)
-    best_eval: dict[str, float] = field(default_factory=dict)
-    collapse: str | None = None
-    collapse_step: int | None = None
-    entropy_first: float = math.nan
-    entropy_last: float = math.nan
-    reason: str | None = None
 
 
 class NanLoss(RuntimeError):
@@ -171,10 +156,7 @@ class _Run:
         torch.manual_seed(cfg.seed)
         try:
             self.device = select_device(cfg.model)
-            if is_micro(cfg.model.name) and cfg.sft.enabled:
-                model, self.tok, _ = warm_start(cfg)
-            else:
-                model, self.tok = load_policy(cfg.model, cfg.seed)
+            model, self.tok, _ = warm_start(cfg)  # loads the model as is for HF models or sft.enabled: false
         except ValueError as e:  # models.py raises ValueError for names/paths it cannot resolve
             raise UserError(str(e)) from None
         self.policy = model.to(self.device).train()

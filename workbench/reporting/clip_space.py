@@ -9,12 +9,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.reporting.runs import BOUNDS, collapse_marker, final_value, run_bounds
+from workbench.reporting.runs import BOUNDS, bound_off, collapse_marker, final_value, run_bounds
 from workbench.tracking import RunRecord
 
 MIN_TRIALS_FOR_IMPORTANCE = 8
@@ -59,7 +59,7 @@ def _get_parallel_info(runs: Sequence[RunRecord], acc_key: str | None) -> Parall
 
 def _dim(name: str, raw: np.ndarray) -> Dim:
     """An axis for one bound: log10 when its values span 10x or more, "off" placed above the rest."""
-    off = np.isinf(raw) | ((raw >= 1) if name.endswith("down") else False)
+    off = bound_off(name, raw)
     finite = raw[~off]
     use_log = bool(len(finite)) and finite.min() > 0 and finite.max() / finite.min() >= 10
     f = np.log10 if use_log else (lambda x: x)
@@ -104,7 +104,7 @@ class PairInfo(NamedTuple):
 
 def _cells(name: str, raw: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
     """Cell labels and each run's cell: one per distinct value, or quantile bins when there are many."""
-    off = np.isinf(raw) | ((raw >= 1) if name.endswith("down") else False)
+    off = bound_off(name, raw)
     finite = np.unique(raw[~off & ~np.isnan(raw)])
     if len(finite) <= MAX_CELLS:
         labels = [f"{v:g}" for v in finite]
@@ -258,20 +258,14 @@ def _build_pareto(info: ParetoInfo) -> go.Figure:
 
 
 def open_study(storage: str | None, name: str):
-    """The study in its storage (sweep.py's convention: a URL with :// or a journal file path), read-only."""
-    import optuna
+    """The study in its storage (a URL with :// or a journal file path), read-only; (None, why) when it cannot be read."""
+    from workbench.sweep import load_study
 
     if not storage:
         return None, "the study's parent run names no Optuna storage (tag optuna.storage)"
     if "://" not in storage and not Path(storage).exists():
         return None, f"Optuna storage {storage} not found (a relative path is taken from the working directory)"
     try:
-        if "://" in storage:
-            st: Any = storage
-        else:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            st = JournalStorage(JournalFileBackend(storage))
-        return optuna.load_study(study_name=name, storage=st), None
+        return load_study(name, storage)[0], None
     except Exception as e:  # noqa: BLE001 - any storage problem becomes a note, the rest of the report stands
         return None, f"could not read Optuna study {name} from {storage}: {type(e).__name__}: {e}"

@@ -39,7 +39,6 @@ class Row(NamedTuple):
 
 class RunPanel(NamedTuple):
     label: str
-    run_id: str
     curves: dict[str, Curve]  # metric key -> its train-step series
     guides: dict[int, float]  # row index -> horizontal reference value
     marker: Marker | None
@@ -58,9 +57,9 @@ def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], defaul
             guides=lambda run: {}) -> PanelsInfo:
     panels, seen, with_study = [], set(), several_studies(runs)
     for r in runs:
-        found = {k: c for row in rows for k in row.keys if (c := curve(r, k, train_only=True)) is not None}
+        found = {k: c for row in rows for k in row.keys if (c := curve(r, k)) is not None}
         seen |= set(found)
-        panels.append(RunPanel(run_label(r, with_study), r.run_id, found, guides(r), collapse_marker(r)))
+        panels.append(RunPanel(run_label(r, with_study), found, guides(r), collapse_marker(r)))
     missing = tuple(k for row in rows for k in row.keys if k not in seen)
     undefined = {}
     for k in (k for row in rows for k in row.keys if k in seen):

@@ -15,10 +15,10 @@ import numpy as np
 
 from workbench.collapse import detect_collapse
 from workbench.config import CollapseConfig
+from workbench.study import BOUNDS
 from workbench.tracking import RunRecord
 
 REGIMES = ("pos_up", "pos_down", "neg_up", "neg_down")  # == workbench.regimes.REGIMES, without importing torch
-BOUNDS = ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down")
 
 
 class Curve(NamedTuple):
@@ -32,11 +32,12 @@ class Marker(NamedTuple):
     source: str  # "run tag" | "detected"
 
 
-def curve(run: RunRecord, key: str, *, train_only: bool = False) -> Curve | None:
+def curve(run: RunRecord, key: str) -> Curve | None:
+    """A training-metric series from step 1 (step 0 is the eval before any update); None when not logged."""
     s = run.metrics.get(key)
     if s is None or not len(s.steps):
         return None
-    keep = s.steps >= 1 if train_only else slice(None)  # step 0 is the eval before any update
+    keep = s.steps >= 1
     return Curve(s.steps[keep], s.values[keep])
 
 
@@ -108,7 +109,7 @@ def collapse_config(run: RunRecord) -> CollapseConfig:
 
 def aligned(run: RunRecord, keys: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Train steps logged by any of `keys`, with each key's values on them (NaN where absent)."""
-    curves = [curve(run, k, train_only=True) for k in keys]
+    curves = [curve(run, k) for k in keys]
     steps = np.unique(np.concatenate([c.steps for c in curves if c is not None] or [np.array([], np.int64)]))
     out = []
     for c in curves:
@@ -188,9 +189,14 @@ def config_text(run: RunRecord) -> str:
     return f"{run.params.get('objective.name', '?')} {short}"
 
 
+def bound_off(name: str, v):
+    """Where a bound is switched off (elementwise): inf, or >= 1 for a lower (`*_down`) bound."""
+    return np.isinf(v) | ((np.asarray(v) >= 1) if name.endswith("down") else False)
+
+
 def fmt_bound(v: float, name: str = "") -> str:
     if math.isnan(v):
         return "?"
-    if math.isinf(v) or (name.endswith("down") and v >= 1):
+    if bound_off(name, v):
         return "off"
     return f"{v:g}"

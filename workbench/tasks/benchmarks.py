@@ -23,6 +23,7 @@ from typing import Callable
 from urllib.parse import parse_qsl
 
 from workbench.config import TaskConfig
+from workbench.errors import first_line
 from workbench.tasks.micro import Problem, build_task
 
 FILE_PREFIX = "file:"
@@ -110,7 +111,7 @@ def _read_rows(path: Path) -> list[dict]:
 
             return pd.read_parquet(path).to_dict(orient="records")
     except (json.JSONDecodeError, OSError, ValueError) as e:
-        raise ValueError(f"benchmark file {path}: cannot read it: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"benchmark file {path}: cannot read it: {first_line(e)}") from None
     raise ValueError(f"benchmark file {path}: unsupported extension {suffix!r}; valid: .jsonl, .json, .parquet")
 
 
@@ -124,8 +125,7 @@ def load_hub_set(name: str) -> list[Problem]:
     try:
         data = datasets.load_dataset(spec.dataset_id)
     except Exception as e:  # offline errors come as ConnectionError, OSError or datasets' own classes
-        first = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise ValueError(f"benchmark {name!r}: {spec.dataset_id} is not in the local cache and could not be downloaded (no network available?): {first}") from None
+        raise ValueError(f"benchmark {name!r}: {spec.dataset_id} is not in the local cache and could not be downloaded (no network available?): {first_line(e)}") from None
     split = "test" if "test" in data else next(iter(data))
     rows = data[split]
     missing = [c for c in (spec.question, spec.answer) if c not in rows.column_names]
