@@ -78,6 +78,10 @@ TRADEOFF = [
     (0, _LOW), (1, _LOW), (1, {"lr": 1e-5, **_LOW}), (2, _LOW),
     (0, {"lr": 1e-5, **_MASK}), (1, {"lr": 1e-5, **_MASK}),
     (1, {"lr": 1e-5, **_LOW, **_MASK}), (2, {"lr": 1e-5, **_LOW, **_MASK}),
+    # README "120 steps": the whole five-minute budget, default bounds, clip vs mask, rollout temperature.
+    *[(s, {"steps": 120, "eval": {"every": 20}}) for s in SEEDS],
+    *[(s, {"steps": 120, "eval": {"every": 20}, **_MASK}) for s in SEEDS],
+    *[(s, {"steps": 120, "eval": {"every": 20}, "rollout": {"temperature": 1.2}}) for s in SEEDS],
 ]
 
 
@@ -92,10 +96,11 @@ def tradeoff(store: str, only: list[int] | None) -> None:
         acc = h["eval/micro/accuracy"]
         clips = _clip_medians(h)
         gain_ = acc[-1][1] - acc[0][1]
-        both = gain_ >= 0.10 and min(clips) >= 0.05
+        dev = _median(h["ratio/abs_dev_mean"])
+        both = gain_ >= 0.10 and min(clips) >= 0.05 and dev >= 0.05
         print(f"{i:>2} seed {seed} {over}: avg@4 {acc[0][1]:.3f} -> {acc[-1][1]:.3f} (peak {max(v for _, v in acc):.3f}) "
               f"gain {100 * gain_:+.1f}  clip {'/'.join(f'{c:.3f}' for c in clips)}  "
-              f"|r-1| {_median(h['ratio/abs_dev_mean']):.3f}  {res.wall_s:.0f}s  both bars: {'yes' if both else 'no'}")
+              f"|r-1| {dev:.3f}  {res.wall_s:.0f}s  collapse={res.collapse}  both bars: {'yes' if both else 'no'}")
 
 
 def neg_up(store: str) -> None:
