@@ -66,6 +66,13 @@ def gain(store: str) -> None:
 # README "The gain and the binding bounds pull against each other": (seed, overrides of the default run).
 _LOW = {"sft": {"target_low": 0.4}}
 _MASK = {"objective": {"name": "dispo", "params": {"mask_mode": True}}}
+
+
+def _neg(**eps: float) -> dict:
+    """Incorrect-response bounds loosened (10: the bound never binds at this scale)."""
+    return {"objective": {"name": "dispo", "params": eps}}
+
+
 TRADEOFF = [
     (0, {"lr": 1e-5, "eval": {"every": 20}}),
     (0, {"lr": 1e-5, "rollout_lag": 32, "steps": 40, "rollout": {"prompts_per_step": 32}}),
@@ -78,10 +85,13 @@ TRADEOFF = [
     (0, _LOW), (1, _LOW), (1, {"lr": 1e-5, **_LOW}), (2, _LOW),
     (0, {"lr": 1e-5, **_MASK}), (1, {"lr": 1e-5, **_MASK}),
     (1, {"lr": 1e-5, **_LOW, **_MASK}), (2, {"lr": 1e-5, **_LOW, **_MASK}),
-    # README "120 steps": the whole five-minute budget, default bounds, clip vs mask, rollout temperature.
+    # README "120 steps": the whole five-minute budget; default bounds, mask_mode, rollout temperature,
+    # then the incorrect-response bounds loosened.
     *[(s, {"steps": 120, "eval": {"every": 20}}) for s in SEEDS],
     *[(s, {"steps": 120, "eval": {"every": 20}, **_MASK}) for s in SEEDS],
     *[(s, {"steps": 120, "eval": {"every": 20}, "rollout": {"temperature": 1.2}}) for s in SEEDS],
+    *[(s, {"steps": 120, "eval": {"every": 20}, **_neg(eps_neg_up=10)}) for s in SEEDS],
+    *[(s, {"steps": 120, "eval": {"every": 20}, **_neg(eps_neg_up=10, eps_neg_down=10)}) for s in SEEDS],
 ]
 
 
