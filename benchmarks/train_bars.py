@@ -66,6 +66,7 @@ def gain(store: str) -> None:
 # README "The gain and the binding bounds pull against each other": (seed, overrides of the default run).
 _LOW = {"sft": {"target_low": 0.4}}
 _MASK = {"objective": {"name": "dispo", "params": {"mask_mode": True}}}
+_LONG = {"steps": 120, "eval": {"every": 20}}  # the whole five-minute budget
 
 
 def _neg(**eps: float) -> dict:
@@ -87,11 +88,11 @@ TRADEOFF = [
     (1, {"lr": 1e-5, **_LOW, **_MASK}), (2, {"lr": 1e-5, **_LOW, **_MASK}),
     # README "120 steps": the whole five-minute budget; default bounds, mask_mode, rollout temperature,
     # then the incorrect-response bounds loosened.
-    *[(s, {"steps": 120, "eval": {"every": 20}}) for s in SEEDS],
-    *[(s, {"steps": 120, "eval": {"every": 20}, **_MASK}) for s in SEEDS],
-    *[(s, {"steps": 120, "eval": {"every": 20}, "rollout": {"temperature": 1.2}}) for s in SEEDS],
-    *[(s, {"steps": 120, "eval": {"every": 20}, **_neg(eps_neg_up=10)}) for s in SEEDS],
-    *[(s, {"steps": 120, "eval": {"every": 20}, **_neg(eps_neg_up=10, eps_neg_down=10)}) for s in SEEDS],
+    *[(s, _LONG) for s in SEEDS],
+    *[(s, {**_LONG, **_MASK}) for s in SEEDS],
+    *[(s, {**_LONG, "rollout": {"temperature": 1.2}}) for s in SEEDS],
+    *[(s, {**_LONG, **_neg(eps_neg_up=10)}) for s in SEEDS],
+    *[(s, {**_LONG, **_neg(eps_neg_up=10, eps_neg_down=10)}) for s in SEEDS],
 ]
 
 

@@ -70,18 +70,17 @@ class SummaryInfo(NamedTuple):
 
 
 def _get_summary_info(target: TargetRuns, acc_key: str | None) -> SummaryInfo:
-    ui_base = UI_BASE
     rows, with_study = [], several_studies(target.runs)
     for r in target.runs:
         m = collapse_marker(r)
         rows.append(SummaryRow(
-            label=run_label(r, with_study), run_id=r.run_id, url=tracking.run_url(ui_base, r.experiment_id, r.run_id),
+            label=run_label(r, with_study), run_id=r.run_id, url=tracking.run_url(UI_BASE, r.experiment_id, r.run_id),
             objective=r.params.get("objective.name", "?"), bounds=run_bounds(r), final_acc=final_value(r, acc_key),
             best_acc=best_value(r, acc_key), collapse=f"{m.kind} at step {m.step}" if m else "", wall_s=run_wall_s(r),
             status=r.status))
     rows.sort(key=lambda row: -row.final_acc if not math.isnan(row.final_acc) else math.inf)
-    anchor = (tracking.run_url(ui_base, target.experiment_id, target.anchor_run_id) if target.anchor_run_id
-              else f"{ui_base}/#/experiments/{target.experiment_id}")
+    anchor = (tracking.run_url(UI_BASE, target.experiment_id, target.anchor_run_id) if target.anchor_run_id
+              else f"{UI_BASE}/#/experiments/{target.experiment_id}")
     return SummaryInfo(acc_key, tuple(rows), anchor)
 
 
