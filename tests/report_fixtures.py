@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from workbench.collapse import detect_collapse
 from workbench.config import CollapseConfig
-from workbench.reporting.runs import REGIMES
+from workbench.names import REGIMES
 from workbench.study import BOUNDS, parse_direction
 MAX_LEN = 48
 

@@ -25,6 +25,7 @@ from workbench import report, tracking
 from workbench.cli_report import register
 from workbench.collapse import BASELINE_STEPS
 from workbench.errors import UserError
+from workbench.names import REGIMES
 from workbench.reporting import clip_space, curves, runs
 from workbench.reporting.runs import Marker
 
@@ -112,19 +113,13 @@ def test_a_step_logged_twice_keeps_the_later_value_and_nan_survives(store):
 def test_exploration_info_has_every_regime_over_every_step(store):
     run = _one(store, "normal-run")
     info = curves._get_exploration_info([run], "eval/micro/accuracy")
-    assert info.rows[0].labels == ("all tokens", *runs.REGIMES)
-    assert [r.keys for r in info.rows[1:]] == [tuple(f"regime/{g}/{m}" for g in runs.REGIMES)
+    assert info.rows[0].labels == ("all tokens", *REGIMES)
+    assert [r.keys for r in info.rows[1:]] == [tuple(f"regime/{g}/{m}" for g in REGIMES)
                                                for m in ("clip_frac", "token_frac")]
     panel = info.runs[0]
     assert info.missing == ()
     assert {k: len(c.steps) for k, c in panel.curves.items()} == {k: 40 for row in info.rows for k in row.keys}
     assert panel.curves["regime/neg_up/clip_frac"].steps[0] == 1  # train steps only, from 1
-
-
-def test_regimes_match_the_trainers():
-    from workbench.regimes import REGIMES
-
-    assert runs.REGIMES == REGIMES
 
 
 @pytest.mark.parametrize("name,kind,onset", [("rep-run", "repetition", 20), ("len-run", "length", 25)])

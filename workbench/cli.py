@@ -53,7 +53,6 @@ def train(
 ) -> None:
     """Run one RL training run and log it to MLflow."""
     from workbench.runs import parse_set_flags, resume_config, run_config_from_cli
-    from workbench.trainer import train as run_training
 
     flags = {"objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
              "objective.params.eps_pos_down": eps_pos_down, "objective.params.eps_neg_up": eps_neg_up,
@@ -73,6 +72,8 @@ def train(
         fail(e.lines)
     except UserError as e:
         fail(str(e))
+    from workbench.trainer import train as run_training  # torch loads only for a config that is valid
+
     try:
         result = run_training(cfg, tracking_uri=tracking_uri, resume_run_id=resume, progress=not quiet)
     except UserError as e:

@@ -3,7 +3,11 @@
 One `RunConfig` describes one training run completely; `dispo-wb train --config FILE`
 reads it, command-line flags override single fields, and the resolved config is logged
 to MLflow so a run can be reproduced from its artifact alone. Unknown keys are errors:
-a typo in a clip bound must not silently fall back to a default.
+a typo in a clip bound must not silently fall back to a default, and neither inf nor NaN
+is a number here except where a field says so (the objective's bounds).
+
+Torch-free by design: validating a config imports only the bottom modules (`params`,
+`names`), so a bad input is refused in well under a second.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workbench import params as declared
+from workbench.params import HUB_SETS, MICRO_MODELS
+
+# Seeds reach random, numpy and torch; numpy's generators take at most 32 bits.
+MAX_SEED = 2**32 - 1
 
 
 class Strict(BaseModel):
@@ -33,8 +43,6 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known_micro(cls, v: str) -> str:
-        from workbench.models import MICRO_MODELS
-
         if v.startswith("micro-") and v not in MICRO_MODELS:
             raise ValueError(f"unknown micro model {v!r}; built-in: {', '.join(MICRO_MODELS)} (or a HF id or local path)")
         if v.startswith((".", "/", "~")) and not Path(v).expanduser().is_dir():
@@ -104,17 +112,13 @@ class ObjectiveConfig(Strict):
 
     @model_validator(mode="after")
     def _known_objective(self) -> "ObjectiveConfig":
-        from workbench import objectives
-
-        objectives.make_params(self.name, dict(self.params))
+        declared.make_params(self.name, dict(self.params))
         if self.aggregation is not None:
-            objectives.check_aggregation(self.aggregation)
+            declared.check_aggregation(self.aggregation)
         return self
 
     def build_params(self):
-        from workbench import objectives
-
-        return objectives.make_params(self.name, dict(self.params))
+        return declared.make_params(self.name, dict(self.params))
 
 
 class OverlongConfig(Strict):

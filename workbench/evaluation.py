@@ -9,18 +9,15 @@ from __future__ import annotations
 from statistics import fmean
 from typing import Callable
 
+from workbench.names import eval_key, pass_at
 from workbench.rollout.base import RolloutBackend, Sampling
-
-
-def metric_key(name: str) -> str:
-    """Benchmark name as it appears in metric keys (`^[a-z0-9_/.]+$`)."""
-    return "".join(c if c.isalnum() or c in "_." else "_" for c in name.lower())
 
 
 def evaluate(backend: RolloutBackend, tokenizer, problems, *, benchmark: str, k: int, temperature: float,
              max_new_tokens: int, score: Callable[[list[str], list[str]], list[float]],
              prompt_of: Callable[[str], str]) -> dict[str, float]:
-    """Sample k responses per problem and score them; keys `eval/<benchmark>/accuracy|pass_at_<k>`."""
+    """Sample k responses per problem and score them; keys `eval/<benchmark>/accuracy|pass_at_<k>`
+    (the benchmark name made key-safe by `names.benchmark_key`)."""
     if not problems:
         raise ValueError(f"benchmark {benchmark!r} has no problems")
     rollouts = backend.generate([prompt_of(p.prompt) for p in problems], k,
@@ -30,6 +27,6 @@ def evaluate(backend: RolloutBackend, tokenizer, problems, *, benchmark: str, k:
     correct = [r > 0.5 for r in score(texts, golds)]
     per_problem = [correct[i * k:(i + 1) * k] for i in range(len(problems))]
     return {
-        f"eval/{benchmark}/accuracy": fmean(fmean(c) for c in per_problem),
-        f"eval/{benchmark}/pass_at_{k}": fmean(any(c) for c in per_problem),
+        eval_key(benchmark, "accuracy"): fmean(fmean(c) for c in per_problem),
+        eval_key(benchmark, pass_at(k)): fmean(any(c) for c in per_problem),
     }

@@ -39,11 +39,11 @@ from workbench.batching import pack, response_logp, response_logp_chunked
 from workbench.collapse import detect_collapse
 from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError
-from workbench.evaluation import evaluate, metric_key
+from workbench.evaluation import evaluate
 from workbench.metrics import response_metrics
 from workbench.models import build_prompt, is_micro, select_device
 from workbench.objectives import aggregate, get_spec
-from workbench.regimes import REGIMES
+from workbench.names import REGIME_STATS, REGIMES, regime_key
 from workbench.results import RunResult
 from workbench.rewards import RewardPool, score_answer
 from workbench.rollout import make_backend
@@ -53,8 +53,7 @@ from workbench.tasks.benchmarks import load_benchmark
 from workbench.tasks.micro import build_task
 
 
-STEP_UPDATE_KEYS = tuple(f"regime/{r}/{s}" for r in REGIMES
-                         for s in ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy")) + (
+STEP_UPDATE_KEYS = tuple(regime_key(r, s) for r in REGIMES for s in REGIME_STATS) + (
     "ratio/mean", "ratio/max", "ratio/abs_dev_mean", "loss/policy", "grad/norm", "entropy/mean")
 
 
@@ -337,7 +336,7 @@ class _Run:
         self.backend.wake()
         metrics: dict[str, float] = {}
         for name, problems in self.benchmarks.items():
-            metrics.update(evaluate(self.backend, self.tok, problems, benchmark=metric_key(name), k=cfg.eval.k,
+            metrics.update(evaluate(self.backend, self.tok, problems, benchmark=name, k=cfg.eval.k,
                                     temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                                     score=lambda t, g: self.pool.score(t, g).rewards, prompt_of=self.prompt_of))
         self.backend.sleep()

@@ -18,7 +18,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.collapse import length_baseline
-from workbench.reporting.runs import (REGIMES, Marker, Curve, aligned, collapse_config, collapse_marker, curve,
+from workbench.names import REGIMES, regime_key
+from workbench.reporting.runs import (Marker, Curve, aligned, collapse_config, collapse_marker, curve,
                                       final_value, group_runs, run_label, several_studies)
 from workbench.tracking import RunRecord
 
@@ -71,9 +72,9 @@ def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], defaul
 
 def _get_exploration_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
     rows = (
-        Row("token entropy", ("entropy/mean", *(f"regime/{g}/entropy" for g in REGIMES)), ("all tokens", *REGIMES)),
-        Row("clip fraction", tuple(f"regime/{g}/clip_frac" for g in REGIMES), REGIMES),
-        Row("token share", tuple(f"regime/{g}/token_frac" for g in REGIMES), REGIMES),
+        Row("token entropy", ("entropy/mean", *(regime_key(g, "entropy") for g in REGIMES)), ("all tokens", *REGIMES)),
+        Row("clip fraction", tuple(regime_key(g, "clip_frac") for g in REGIMES), REGIMES),
+        Row("token share", tuple(regime_key(g, "token_frac") for g in REGIMES), REGIMES),
     )
     return _panels("Exploration / distillation", rows, runs, _best_index(runs, acc_key))
 

@@ -18,7 +18,6 @@ from workbench.config import CollapseConfig
 from workbench.study import BOUNDS
 from workbench.tracking import RunRecord
 
-REGIMES = ("pos_up", "pos_down", "neg_up", "neg_down")  # == workbench.regimes.REGIMES, without importing torch
 
 
 class Curve(NamedTuple):
