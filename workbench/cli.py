@@ -53,6 +53,7 @@ def train(
 ) -> None:
     """Run one RL training run and log it to MLflow."""
     from workbench.runs import parse_set_flags, resume_config, run_config_from_cli
+    from workbench.stores import check_writable_store
 
     flags = {"objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
              "objective.params.eps_pos_down": eps_pos_down, "objective.params.eps_neg_up": eps_neg_up,
@@ -64,6 +65,7 @@ def train(
         if set_ and resume:
             raise UserError("--set cannot change a resumed run's config; only --steps can")
         settings = parse_set_flags(set_ or [])
+        check_writable_store(tracking_uri)
         if resume:
             cfg = resume_config(resume, tracking_uri, {k: v for k, v in flags.items() if k == "steps"})
         else:

@@ -96,6 +96,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     run = _Run(config, checkpoint_root)
     # Load (or warm-start) the policy before opening an MLflow run: a model that cannot be
     # found is a user error that must leave nothing in the store.
+    run.load_benchmarks()
     run.load_model()
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
             "git_commit": tracking.git_commit(), "dispo.kind": "train", **(extra_tags or {})}
@@ -161,6 +162,14 @@ class _Run:
         self.policy = model.to(self.device).train()
         self.micro = is_micro(cfg.model.name)
 
+    def load_benchmarks(self) -> None:
+        """Evaluation sets, read before a run is opened: a benchmark that cannot be read is a user error."""
+        cfg = self.cfg
+        try:
+            self.benchmarks = {name: load_benchmark(name, cfg.task, limit=cfg.eval.limit) for name in cfg.eval.benchmarks}
+        except ValueError as e:
+            raise UserError(f"eval.benchmarks: {e}") from None
+
     def setup(self, pool: RewardPool, resume: bool) -> None:
         cfg = self.cfg
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -176,7 +185,6 @@ class _Run:
         self.spec = get_spec(cfg.objective.name)
         self.params = cfg.objective.build_params()
         self.agg_mode = cfg.objective.aggregation or self.spec.aggregation
-        self.benchmarks = {name: load_benchmark(name, cfg.task, limit=cfg.eval.limit) for name in cfg.eval.benchmarks}
         if resume:
             self._restore(checkpoint.load(self.run_id, self.ckpt_root))
 
