@@ -10,7 +10,7 @@ import typer
 
 from workbench.cli_common import fail
 from workbench.config import ConfigError
-from workbench.errors import UserError
+from workbench.errors import UserError, disk_full, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ablation workbench for clipped policy-gradient RL of language models on math.")
@@ -80,6 +80,12 @@ def train(
         result = run_training(cfg, tracking_uri=tracking_uri, resume_run_id=resume, progress=not quiet)
     except UserError as e:
         fail(str(e))
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        fail(f"disk full: {first_line(e)}", code=1)
+    if result.status == "FAILED":  # one line: which run, how far it got, why
+        fail(f"run {result.run_id} failed after {result.steps_done} steps: {result.reason}", code=1)
     ev = ", ".join(f"{k} {v:.3f}" for k, v in result.final_eval.items())
     typer.echo(f"run {result.run_id}: {result.status} after {result.steps_done} steps in {result.wall_s:.0f}s; {ev}")
     if result.collapse:
@@ -87,8 +93,6 @@ def train(
     if result.status == "KILLED":
         typer.echo(f"resume with: dispo-wb train --resume {result.run_id}")
         raise typer.Exit(130)
-    if result.status == "FAILED":
-        fail(f"run failed: {result.reason}", code=1)
 
 
 @app.command("eval")
@@ -114,10 +118,11 @@ def eval_cmd(
 
 
 def _register_extensions() -> None:
-    from workbench import cli_report, cli_sweep
+    from workbench import cli_report, cli_runs, cli_sweep
 
     cli_sweep.register(app)
     cli_report.register(app)
+    cli_runs.register(app)
 
 
 _register_extensions()

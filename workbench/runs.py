@@ -17,6 +17,7 @@ import yaml
 
 from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
 from workbench.errors import UserError
+from workbench.names import FINISHED, RUNNING, TAG_PID
 
 
 def parse_set_flags(items: list[str]) -> dict[str, Any]:
@@ -42,14 +43,25 @@ def run_config_from_cli(path: Path | None, flags: dict[str, Any], settings: dict
 
 def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, Any]) -> RunConfig:
     """The config a run was started with (its `config.yaml` artifact), optionally with more steps."""
-    try:
     from workbench import tracking
 
+    try:
         info = tracking.run_info(run_id, tracking_uri)
     except Exception as e:  # MLflow raises its own exception types for unknown ids
         raise UserError(f"--resume: no run {run_id!r} in {tracking.resolve_tracking_uri(tracking_uri)} ({type(e).__name__})") from None
-    if info["status"] == "FINISHED":
+    if info["status"] == FINISHED:
         raise UserError(f"--resume: run {run_id} already FINISHED; start a new run instead")
+    if info["status"] == RUNNING:
+        # RUNNING is what a killed process leaves behind: say so in the store before going on.
+        from workbench.liveness import writer_gone
+        from workbench.stale_runs import mark_killed
+
+        gone = writer_gone(info["tags"])
+        if gone is None:
+            pid = info["tags"].get(TAG_PID)
+            raise UserError(f"--resume: run {run_id} is RUNNING" + (f" in process {pid}" if pid else "")
+                            + "; stop it first (Ctrl-C), or wait for it to end")
+        mark_killed(run_id, f"found RUNNING but {gone}; resumed with dispo-wb train --resume", tracking_uri)
     from workbench.checkpoint import checkpoint_path
 
     if not checkpoint_path(run_id).exists():

@@ -38,7 +38,7 @@ from workbench.advantages import group_advantages, overlong_penalty, zero_adv_gr
 from workbench.batching import pack, response_logp, response_logp_chunked
 from workbench.collapse import detect_collapse
 from workbench.config import RunConfig, dump_yaml, flatten
-from workbench.errors import UserError
+from workbench.errors import UserError, disk_full, first_line
 from workbench.evaluation import evaluate
 from workbench.metrics import response_metrics
 from workbench.models import build_prompt, is_micro, select_device
@@ -125,8 +125,18 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
         tracker.finish("KILLED", "interrupted")
         return run.result("KILLED", "interrupted")
     except BaseException as e:
-        tracker.finish("FAILED", f"{type(e).__name__}: {e}")
-        raise
+        if not disk_full(e):
+            tracker.finish("FAILED", f"{type(e).__name__}: {e}")
+            raise
+        # The store may be on the full disk too: end the run FAILED where it still accepts it.
+        reason = f"disk full: {first_line(e)}"
+        try:
+            tracker.finish("FAILED", reason)
+        except Exception as store_error:  # noqa: BLE001 - `dispo-wb runs clean` marks it later
+            reason += f" (the run could not be marked FAILED either: {first_line(store_error)})"
+        return run.result("FAILED", reason)
+    finally:
+        run.close()
     if status == "KILLED":
         tracker.finish("KILLED", "interrupted; resume with dispo-wb train --resume " + run.run_id)
     else:
@@ -169,6 +179,13 @@ class _Run:
             self.benchmarks = {name: load_benchmark(name, cfg.task, limit=cfg.eval.limit) for name in cfg.eval.benchmarks}
         except ValueError as e:
             raise UserError(f"eval.benchmarks: {e}") from None
+
+    def close(self) -> None:
+        """Give the rollout backend's resources back (a vLLM engine holds GPU memory)."""
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            self.backend = None
+            backend.close()
 
     def setup(self, pool: RewardPool, resume: bool) -> None:
         cfg = self.cfg
