@@ -3,6 +3,11 @@
 Prompts are left-padded to a common width so every response starts in the same column;
 responses are right-padded. Log-probs are taken at the sampling temperature
 (log_softmax(logits / T)), the distribution the tokens were actually drawn from.
+
+Forward passes see only the columns their own rows use: a minibatch or chunk is cut to its
+longest prompt and longest response (`trim`) and the outputs are padded back to the rollout
+batch's width, so callers, aggregation constants included, see the same shapes as before.
+The no-gradient pass over a whole rollout batch goes in chunks of similar length.
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ class PackedBatch:
                            self.response_ids[idx], self.mask[idx], self.prompt_width)
 
 
+def trim(batch: PackedBatch) -> PackedBatch:
+    """The same rows without the columns that are padding in every row.
+
+    Left: prompt columns before the longest prompt; right: response columns after the longest
+    response. Positions come with the rows, so every kept token sees the same inputs.
+    """
+    P = batch.prompt_width
+    prompt_len = int(batch.attention_mask[:, :P].sum(dim=1).max().item()) if len(batch) else 0
+    T = max(int(batch.mask.sum(dim=1).max().item()) if len(batch) else 0, 1)
+    start, end = P - max(prompt_len, 1), P + T
+    return PackedBatch(batch.input_ids[:, start:end], batch.attention_mask[:, start:end],
+                       batch.position_ids[:, start:end], batch.response_ids[:, :T], batch.mask[:, :T], P - start)
+
+
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, device: torch.device) -> PackedBatch:
     P = max(len(p) for p in prompt_ids)
     T = max(max((len(r) for r in response_ids), default=1), 1)
@@ -47,8 +66,16 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
 
 
 def response_logp(model: torch.nn.Module, batch: PackedBatch, temperature: float,
-                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) log-probs of the response tokens, and (B, T) entropy (detached) if asked for."""
+                  with_entropy: bool = False, compact: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) log-probs of the response tokens, and (B, T) entropy (detached) if asked for.
+
+    `compact` runs the model on `trim(batch)` only; padding columns of the outputs are 0.
+    """
+    if compact:
+        width = batch.response_ids.shape[1]
+        logp, ent = response_logp(model, trim(batch), temperature, with_entropy, compact=False)
+        pad = (0, width - logp.shape[1])
+        return torch.nn.functional.pad(logp, pad), None if ent is None else torch.nn.functional.pad(ent, pad)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False)
     T = batch.response_ids.shape[1]
@@ -63,8 +90,15 @@ def response_logp(model: torch.nn.Module, batch: PackedBatch, temperature: float
 
 
 @torch.no_grad()
-def response_logp_chunked(model: torch.nn.Module, batch: PackedBatch, temperature: float, chunk: int = 64) -> torch.Tensor:
-    """Log-probs without gradient for a whole rollout batch, in chunks to bound memory."""
-    parts = [response_logp(model, batch.select(torch.arange(i, min(i + chunk, len(batch)))), temperature)[0]
-             for i in range(0, len(batch), chunk)]
-    return torch.cat(parts)
+def response_logp_chunked(model: torch.nn.Module, batch: PackedBatch, temperature: float, chunk: int = 32) -> torch.Tensor:
+    """Log-probs without gradient for a whole rollout batch, in chunks to bound memory.
+
+    Rows go through the model sorted by length, so each chunk is cut to nearly its own rows'
+    width; the result is put back in the batch's row order.
+    """
+    order = torch.argsort(batch.attention_mask.sum(dim=1), stable=True)
+    out = torch.zeros(batch.mask.shape, dtype=torch.float32, device=batch.mask.device)
+    for i in range(0, len(batch), chunk):
+        idx = order[i:i + chunk]
+        out[idx] = response_logp(model, batch.select(idx), temperature)[0]
+    return out
