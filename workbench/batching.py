@@ -139,12 +139,12 @@ def _packed_logp(model, batch: PackedBatch, temperature: float, with_entropy: bo
 def response_logp_chunked(model: torch.nn.Module, batch: PackedBatch, temperature: float, chunk: int = 32) -> torch.Tensor:
     """Log-probs without gradient for a whole rollout batch, in chunks to bound memory.
 
-    Rows go through the model sorted by length, so each chunk is cut to nearly its own rows'
+    Rows go through the model sorted by length, so each chunk, trimmed, is nearly padding-free
     width; the result is put back in the batch's row order.
     """
     order = torch.argsort(batch.attention_mask.sum(dim=1), stable=True)
     out = torch.zeros(batch.mask.shape, dtype=torch.float32, device=batch.mask.device)
     for i in range(0, len(batch), chunk):
         idx = order[i:i + chunk]
-        out[idx] = response_logp(model, batch.select(idx), temperature)[0]
+        out[idx] = response_logp(model, batch.select(idx), temperature, layout="trimmed")[0]
     return out
