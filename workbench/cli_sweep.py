@@ -101,14 +101,15 @@ def render_status(info, width: int = 200) -> Any:
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(info.counts.items())) or "no trials"
     target = f" of {info.n_trials}" if info.n_trials else ""
     narrow = width < 120
-    caption = f"storage {info.storage}" + ("; run ids: first 8 characters (wider terminal: full ids)" if narrow else "")
+    caption = f"storage {info.storage}" + ("; run ids: first 8 characters, bounds without eps_ (wider terminal: "
+                                           "full)" if narrow else "")
     table = Table(title=f"study {info.name}: {counts}{target}", caption=caption, padding=(0, 1 if not narrow else 0),
                   collapse_padding=True)
     params = sorted({k for r in info.rows for k in r.params})
     table.add_column("#", justify="right")
     table.add_column("state")
     for p in params:
-        table.add_column(p, justify="right", overflow="fold")
+        table.add_column(p.removeprefix("eps_") if narrow else p, justify="right", overflow="fold")
     for label in info.directions:
         table.add_column(_direction_header(label), justify="right", overflow="fold")
     table.add_column("collapse", overflow="fold")
