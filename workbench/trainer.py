@@ -111,6 +111,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
                           params=params, tags=tags, artifacts={"config.yaml": dump_yaml(config)},
                           parent_run_id=parent_run_id, resume_run_id=resume_run_id)
     run.run_id = tracker.run_id
+    run.t0 = time.time()  # wall time counts from the MLflow run's start, so the CLI and the report agree
     try:
         scorer = functools.partial(score_answer, require_boxed=config.reward_require_boxed)
         with _StopFlag() as stop, RewardPool(workers=config.reward_workers, timeout_s=config.reward_timeout_s,
