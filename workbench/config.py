@@ -153,6 +153,9 @@ class EvalConfig(Strict):
 class CollapseConfig(Strict):
     repetition_threshold: float = Field(0.5, gt=0, le=1, description="repetition rate above which a step counts as repetitive")
     length_ratio: float = Field(0.35, gt=0, lt=1, description="length below this share of the first steps' mean counts as collapsed")
+    truncation_threshold: float = Field(0.5, gt=0, le=1, description="truncated share at or above which a step counts as runaway length")
+    accuracy_ratio: float = Field(0.25, gt=0, lt=1, description="train accuracy below this share of the first steps' mean counts as a crash")
+    accuracy_min_baseline: float = Field(0.05, ge=0, le=1, description="first steps' mean train accuracy below which no crash is judged")
     patience: int = Field(3, ge=1, description="consecutive steps past a threshold before a run is flagged")
     stop: bool = Field(False, description="end the run when a collapse is flagged")
 

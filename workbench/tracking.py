@@ -82,8 +82,7 @@ class RunTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             self.set_tags({"resumed": "true", **writer_tags()})
             return
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        exp_id = experiment_id(self.client, experiment)
         all_tags = {**(tags or {}), **writer_tags()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -169,16 +168,31 @@ def download_text(run_id: str, artifact_file: str, tracking_uri: str | None = No
 _TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
 
+# MLflow 3 UI opens an experiment without this tag in its GenAI view ("0 traces"); these are training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client, name: str) -> str:
+    """The experiment's id, created when missing; either way tagged so that the UI opens on the runs table."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    if not all(exp.tags.get(k) == v for k, v in EXPERIMENT_KIND.items()):
+        for k, v in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
 def open_study_run(*, study_name: str, experiment: str, tags: dict[str, str], texts: dict[str, str] | None = None,
-                   files: list[str | Path] | None = None, tracking_uri: str | None = None) -> str:
+                   files: list[str | Path] | None = None, tracking_uri: str | None = None,
+                   params: dict[str, str] | None = None) -> str:
     """The study's parent run: the one tagged `dispo.study`=study_name is reopened, else one is created.
 
     Reopening (not duplicating) keeps one run tree per study however often a sweep resumes. A
     run of the same name on another Optuna storage (tag `optuna.storage`) is another study.
     """
     client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = experiment_id(client, experiment)
     found = [r for r in client.search_runs([exp_id], f"tags.`dispo.study` = '{study_name}' and tags.`dispo.kind` = 'study'",
                                            order_by=["attributes.start_time ASC"])
              if r.data.tags.get("optuna.storage") == tags.get("optuna.storage")]
@@ -189,6 +203,11 @@ def open_study_run(*, study_name: str, experiment: str, tags: dict[str, str], te
         _set_tags(client, run_id, all_tags)
     else:
         run_id = client.create_run(exp_id, run_name=study_name, tags=all_tags).info.run_id
+    if params and not found:  # a resumed study keeps the params it was opened with (MLflow params are immutable)
+        from mlflow.entities import Param
+
+        client.log_batch(run_id, params=[Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()],
+                         synchronous=True)
     for name, text in (texts or {}).items():
         client.log_text(run_id, text, name)
     for path in files or []:
@@ -546,9 +565,16 @@ def _client_metric_rows(client, runs: list[RunRecord]) -> list[tuple]:
         return [row for rows in pool.map(fetch, jobs) for row in rows]
 
 
-def log_report(run_id: str, directory: str | Path, tracking_uri: str | None = None) -> None:
-    """Upload a report folder as the run's `report/` artifacts."""
-    _client(tracking_uri).log_artifacts(run_id, str(directory), "report")
+def log_report(run_id: str, directory: str | Path, tracking_uri: str | None = None, digest: str | None = None) -> bool:
+    """Upload a report folder as the run's `report/` artifacts, unless the run already holds the
+    report with this content `digest` (tag `dispo.report_digest`); returns whether it uploaded."""
+    client = _client(tracking_uri)
+    if digest and client.get_run(run_id).data.tags.get("dispo.report_digest") == digest:
+        return False
+    client.log_artifacts(run_id, str(directory), "report")
+    if digest:
+        client.set_tag(run_id, "dispo.report_digest", digest)
+    return True
 
 
 def ui_command(tracking_uri: str | None, host: str, port: int) -> list[str]:

@@ -34,8 +34,8 @@ import torch
 
 from workbench import checkpoint, tracking
 from workbench.advantages import group_advantages, overlong_penalty, zero_adv_groups
-from workbench.batching import pack, response_logp, response_logp_chunked, trim
-from workbench.collapse import detect_collapse
+from workbench.batching import pack, response_logp, response_logp_chunked
+from workbench.collapse import SIGNALS as COLLAPSE_SIGNALS, detect_collapse
 from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError, disk_full, first_line
 from workbench.evaluation import evaluate
@@ -111,6 +111,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
                           params=params, tags=tags, artifacts={"config.yaml": dump_yaml(config)},
                           parent_run_id=parent_run_id, resume_run_id=resume_run_id)
     run.run_id = tracker.run_id
+    run.t0 = time.time()  # wall time counts from the MLflow run's start, so the CLI and the report agree
     try:
         scorer = functools.partial(score_answer, require_boxed=config.reward_require_boxed)
         with _StopFlag() as stop, RewardPool(workers=config.reward_workers, timeout_s=config.reward_timeout_s,
@@ -153,8 +154,7 @@ class _Run:
         self.run_id = ""
         self.step = 0
         self.t0 = time.time()
-        self.history: dict[str, list[float]] = {"entropy/mean": [], "response/repetition_rate": [],
-                                                "response/length_mean": []}
+        self.history: dict[str, list[float]] = {"entropy/mean": [], **{k: [] for k in COLLAPSE_SIGNALS.values()}}
         self.last_eval: dict[str, float] = {}
         self.best_eval: dict[str, float] = {}
         self.collapse: tuple[str | None, int | None] = (None, None)
@@ -393,9 +393,8 @@ class _Run:
     def _check_collapse(self, tracker) -> bool:
         if self.collapse[0] is not None:
             return False
-        steps = list(range(1, len(self.history["response/length_mean"]) + 1))
-        verdict = detect_collapse(steps, self.history["response/repetition_rate"],
-                                  self.history["response/length_mean"], self.cfg.collapse)
+        steps = list(range(1, self.step + 1))
+        verdict = detect_collapse(steps, self.history, self.cfg.collapse)
         if verdict.kind is None:
             return False
         self.collapse = (verdict.kind, verdict.onset_step)
@@ -428,6 +427,8 @@ class _Run:
         self.task_rng.setstate(s["task_rng"])
         self.shuffle.set_state(s["shuffle"])
         self.history, self.last_eval, self.best_eval = s["history"], s["last_eval"], s["best_eval"]
+        for k in COLLAPSE_SIGNALS.values():  # a checkpoint from before a criterion existed: unmeasured steps
+            self.history.setdefault(k, [math.nan] * self.step)
         self.collapse = tuple(s["collapse"])
         self.t0 = time.time() - s["elapsed"]
 
