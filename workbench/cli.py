@@ -111,10 +111,11 @@ def eval_cmd(
 
 
 def _register_extensions() -> None:
-    from workbench import cli_report, cli_sweep
+    from workbench import cli_report, cli_services, cli_sweep
 
     cli_sweep.register(app)
     cli_report.register(app)
+    cli_services.register(app)
 
 
 _register_extensions()
