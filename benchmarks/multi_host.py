@@ -193,7 +193,7 @@ def main() -> None:
     if (why := ss.missing()) is not None:
         raise SystemExit(why)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp, ss.running_stack(Path(tmp)) as stack:
+    with tempfile.TemporaryDirectory() as tmp, ss.running_stack() as stack:
         os.environ["PGPASSFILE"] = str(stack.pgpass.resolve())  # this process reads the results
         print(f"stack: {stack.storage_url}, {stack.tracking_uri}; load {os.getloadavg()[0]:.1f}", flush=True)
         if "kill" not in args.skip:

@@ -7,9 +7,11 @@ stack is started in a temporary folder on free ports when PostgreSQL's programs 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -39,18 +41,23 @@ def missing() -> str | None:
 
 
 @contextmanager
-def running_stack(tmp: Path) -> Iterator[services.Stack]:
-    """The CI stack (left running), or a fresh one in `tmp` (stopped afterwards)."""
+def running_stack(with_mlflow: bool = True, use_ci: bool = True) -> Iterator[services.Stack]:
+    """The CI stack (left running), or a fresh one in a temporary folder (stopped and removed afterwards).
+
+    The folder is world-traversable: as root, PostgreSQL runs as `postgres`, which must reach it.
+    """
     given = os.environ.get("DISPO_SERVICES_DIR")
-    if given:
-        stack = services.Stack.load(Path(given))
-        yield stack
+    if given and use_ci:
+        yield services.Stack.load(Path(given))
         return
-    stack = services.up(tmp / "services", pg_port=free_port(), mlflow_port=free_port())
+    tmp = Path(tempfile.mkdtemp(prefix="dispo-stack-"))
+    os.chmod(tmp, 0o755)
+    stack = services.up(tmp / "services", pg_port=free_port(), mlflow_port=free_port(), with_mlflow=with_mlflow)
     try:
         yield stack
     finally:
         services.down(stack.folder)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def password(stack: services.Stack) -> str:

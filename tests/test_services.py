@@ -36,8 +36,8 @@ FAKE = "tests.fake_trainer.train"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with ss.running_stack(tmp_path_factory.mktemp("stack")) as s:
+def stack():
+    with ss.running_stack() as s:
         yield s
 
 
@@ -185,3 +185,33 @@ def test_report_reads_whole_histories_from_the_server_in_one_request_per_metric(
     assert bulk == sorted(tracking._client_metric_rows(client, runs))  # the same points, every step
     tracking.load_histories(runs, stack.tracking_uri)
     assert len(runs[0].metrics["reward/mean"].steps) == 30
+
+
+def test_the_storage_waits_out_a_short_outage_and_names_a_long_one_in_one_line(monkeypatch):
+    """A PostgreSQL of its own (stopped and started here), so no other test sees the outage."""
+    import threading
+
+    from workbench import sweep
+    from workbench.shared_storage import StorageUnavailable
+
+    with ss.running_stack(with_mlflow=False, use_ci=False) as pg:
+        monkeypatch.setenv("PGPASSFILE", str(pg.pgpass.resolve()))
+        monkeypatch.setenv("DISPO_OUTAGE_S", "60")
+        study = optuna.create_study(study_name="outage", storage=sweep.open_storage(pg.storage_url))
+        services.pg_stop(pg)
+        restart = threading.Timer(3.0, services.pg_start, args=(pg,))
+        restart.start()
+        t0 = time.monotonic()
+        study.set_user_attr("written", "after the outage")
+        restart.join()
+        assert time.monotonic() - t0 >= 2.5
+        fresh = optuna.load_study(study_name="outage", storage=pg.storage_url)
+        assert fresh.user_attrs["written"] == "after the outage"
+
+        monkeypatch.setenv("DISPO_OUTAGE_S", "3")
+        services.pg_stop(pg)
+        with pytest.raises(StorageUnavailable) as e:
+            study.set_user_attr("never", 1)
+        msg = str(e.value)
+        assert "\n" not in msg and f"the Optuna storage {pg.storage_url} was unreachable for 3 s" in msg
+        assert "connection" in msg.lower() and ss.password(pg) not in msg

@@ -243,8 +243,11 @@ def _alive(pid: int) -> bool:
 
 
 def up(folder: Path = DEFAULT_DIR, host: str = "127.0.0.1", pg_port: int = PG_PORT,
-       mlflow_port: int = MLFLOW_PORT) -> Stack:
-    """Start (creating on first use) the stack in `folder`; returns it. Idempotent."""
+       mlflow_port: int = MLFLOW_PORT, with_mlflow: bool = True) -> Stack:
+    """Start (creating on first use) the stack in `folder`; returns it. Idempotent.
+
+    `with_mlflow=False` starts PostgreSQL alone (tests of the Optuna side).
+    """
     stack = Stack(folder, host, pg_port, mlflow_port)
     if (folder / "services.env").is_file():
         stack = Stack.load(folder)  # a made stack keeps its ports and interface
@@ -265,7 +268,7 @@ def up(folder: Path = DEFAULT_DIR, host: str = "127.0.0.1", pg_port: int = PG_PO
     if not pg_running(stack):
         pg_start(stack)
     _create_databases(stack)
-    if not mlflow_running(stack):
+    if with_mlflow and not mlflow_running(stack):
         mlflow_start(stack)
     return stack
 
