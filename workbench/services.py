@@ -255,6 +255,9 @@ def up(folder: Path = DEFAULT_DIR, host: str = "127.0.0.1", pg_port: int = PG_PO
     user = _owner()
     if user:  # the postgres user must reach its data folder
         os.chmod(folder, 0o755)
+        if subprocess.run(["test", "-x", str(folder.resolve())], user=user).returncode != 0:
+            raise UserError(f"the {user} user cannot reach {folder.resolve()} (a parent folder is private); "
+                            "pass --dir with a folder it can reach, e.g. under /srv or /tmp")
     if not _pg_dir(stack).exists():
         for port in (stack.pg_port, stack.mlflow_port):
             if not _port_free(stack.host, port):
