@@ -49,6 +49,7 @@ def write_study(folder: Path, name: str, sleep: float, steps: int) -> Path:
     data = {"name": name, "base": {"experiment": f"exp-{name}", "steps": steps, "model": {"name": "micro-0.5m"},
                                    "eval": {"every": 2}, "run_name": f"fake:sleep={sleep}"},
             "space": SPACE, "sampler": "grid", "pruner": "none", "workers": 1}
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -81,7 +82,7 @@ def wait_running(stack, name: str, n: int, timeout_s: float = 300) -> None:
 def kill_run(stack, root: Path, sleep: float, steps: int) -> None:
     from mlflow import MlflowClient
 
-    name = "multihost-kill"
+    name = f"multihost-kill-{int(time.time())}"  # a reused stack keeps older studies
     study = write_study(root, name, sleep, steps)
     url, secret = ss.storage_with_password(stack), ss.password(stack)
     argv = ["sweep", str(study), "--storage", url, "--tracking-uri", stack.tracking_uri, "--workers", "1",
@@ -130,7 +131,7 @@ def timing_run(stack, root: Path, sleep: float, steps: int) -> None:
     assert p.wait() == 0, (root / "journal" / "err.log").read_text()[-2000:]
     journal_s = time.perf_counter() - t0
     pg_study = write_study(root / "pg", f"multihost-pg-{tag}", sleep, steps)
-    argv = ["sweep", str(pg_study), "--storage", stack.storage_url, "--tracking-uri", stack.tracking_uri,
+    argv = ["sweep", str(pg_study), "--storage", ss.storage_with_password(stack), "--tracking-uri", stack.tracking_uri,
             "--workers", "1", "--train-fn", FAKE]
     t0 = time.perf_counter()
     procs = [worker(root / "pg" / f"host{i}", argv) for i in range(3)]
