@@ -148,7 +148,7 @@ def test_a_wrong_password_in_the_url_is_one_line_without_the_password(stack, tmp
     bad = f"postgresql://{services.ROLE}:Wr0ngSecret42@{stack.host}:{stack.pg_port}/optuna"
     out = subprocess.run([*ss.dispo_wb(), "sweep", str(study), "--storage", bad, "--tracking-uri", stack.tracking_uri,
                           "--train-fn", FAKE], cwd=tmp_path, capture_output=True, text=True, env=ss.worker_env(),
-                         timeout=120)
+                         timeout=400)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "password authentication failed" in lines[0], out.stderr
