@@ -118,11 +118,12 @@ def eval_cmd(
 
 
 def _register_extensions() -> None:
-    from workbench import cli_report, cli_runs, cli_sweep
+    from workbench import cli_report, cli_runs, cli_services, cli_sweep
 
     cli_sweep.register(app)
     cli_report.register(app)
     cli_runs.register(app)
+    cli_services.register(app)
 
 
 _register_extensions()

@@ -57,8 +57,11 @@ def run_cmd(
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
     typer.echo(f"study {result.study_name}: {counts} in {result.wall_s:.0f}s")
     typer.echo(f"  trials:  dispo-wb sweep status {study}")
-    typer.echo(f"  MLflow:  mlflow ui --backend-store-uri {_tracking(tracking_uri)}  (parent run {result.parent_run_id})")
-    typer.echo(f"  report:  dispo-wb report {result.study_name}")
+    where = _tracking(tracking_uri)
+    ui = where if where.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {where}"
+    typer.echo(f"  MLflow:  {ui}  (parent run {result.parent_run_id})")
+    typer.echo(f"  report:  dispo-wb report {result.study_name}"
+               + (f" --tracking-uri {_tracking(tracking_uri)}" if tracking_uri else ""))
     if not result.complete:
         fail(f"study {result.study_name} is not complete (failed trials are listed by `dispo-wb sweep status`); "
               "run the same command again to retry them", code=1)
@@ -149,7 +152,9 @@ def _fmt(v: Any, name: str = "") -> str:
 def _tracking(uri: str | None) -> str:
     import os
 
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    from workbench.credentials import redact
+
+    return redact(uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
 
 
 def register(app: typer.Typer) -> None:

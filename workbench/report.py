@@ -373,12 +373,13 @@ def start_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None
              optuna: bool = False, storage: str | None = None) -> tuple[list[UiProcess], list[str]]:
     """Start `mlflow ui` (and optuna-dashboard) on the stores the runs were logged to; returns them and notes."""
     uri = tracking.require_store(tracking_uri)
-    if not _port_free(host, port):
+    served = uri.startswith(("http://", "https://"))  # an `mlflow server` is its own UI
+    if not served and not _port_free(host, port):
         raise UserError(f"port {port} on {host} is in use; pass --port with a free one")
-    notes: list[str] = []
+    notes: list[str] = [f"MLflow UI: {uri} (the tracking server serves it)"] if served else []
     # Own sessions, so that stopping a UI also stops the server processes it forks.
-    procs = [UiProcess("MLflow UI", f"http://{host}:{port}",
-                       subprocess.Popen(tracking.ui_command(uri, host, port), start_new_session=True))]
+    procs = [] if served else [UiProcess("MLflow UI", f"http://{host}:{port}", subprocess.Popen(
+        tracking.ui_command(uri, host, port), start_new_session=True))]
     if optuna:
         here = str(Path(sys.executable).parent)  # the venv's bin, which need not be on PATH
         dash = shutil.which("optuna-dashboard", path=here) or shutil.which("optuna-dashboard")
@@ -411,6 +412,8 @@ def serve_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None
         print(f"{p.name}: {p.url}", flush=True)
     for n in notes:
         print(n, flush=True)
+    if not procs:
+        return
     print("Ctrl-C stops.", flush=True)
     try:
         while all(p.process.poll() is None for p in procs):

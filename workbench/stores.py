@@ -21,8 +21,13 @@ _SQLITE = "sqlite:///"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """Explicit URI, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """Explicit URI, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory.
+
+    A password in the URI moves into MLflow's environment variables (workbench.credentials).
+    """
+    from workbench.credentials import take_password
+
+    return take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -34,7 +34,7 @@ import fcntl
 import math
 import multiprocessing as mp
 import os
-import re
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -46,8 +46,9 @@ from typing import Any, Callable, Iterator, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from workbench import tracking
+from workbench import shared_storage, tracking
 from workbench.config import dump_yaml
+from workbench.credentials import redact as _redact_text, take_password
 from workbench.errors import UserError
 from workbench.study import Direction, Study, default_storage, load_study_file
 from workbench.trial_process import TrialCrashed, describe_exit, die_with_parent, run_training
@@ -106,16 +107,20 @@ def storage_url(study: Study, override: str | None = None) -> str:
     A journal path is made absolute: it is recorded on the MLflow study run, read from anywhere.
     """
     url = override or study.storage or str(default_storage(study.path))
-    return url if "://" in url else str(Path(url).resolve())
+    return take_password(url) if "://" in url else str(Path(url).resolve())
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """A URL with `://` is an RDB (postgresql, mysql, sqlite); anything else is a journal file path."""
     if "://" in url:
+        # DISPO_HEARTBEAT_S / DISPO_GRACE_S: shorter for tests and benchmarks that kill workers on purpose.
+        beat, grace = (int(os.environ.get(k, d)) for k, d in (("DISPO_HEARTBEAT_S", _HEARTBEAT_S),
+                                                                ("DISPO_GRACE_S", _GRACE_S)))
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; they are what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S,
-                                              heartbeat_stale_trial_callback=requeue)
+            rdb = shared_storage.open_rdb(lambda: optuna.storages.RDBStorage(
+                url, heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=_requeue_stale), url)
+        return shared_storage.resilient(rdb, url) if shared_storage.is_shared(url) else rdb
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +128,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@/]+@", r"//\1:***@", url)
+    return _redact_text(url)
 
 
 @contextmanager
@@ -157,6 +162,16 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
         user_attrs={"retry_of": trial.number}))
 
 
+_STALE_RUNS: list[str] = []  # MLflow runs of trials the heartbeat failed in this process, to be marked KILLED
+
+
+def _requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Heartbeat callback: a trial whose worker died (SIGKILL, lost host) is queued again."""
+    requeue(study, trial)
+    if "mlflow_run_id" in trial.user_attrs:
+        _STALE_RUNS.append(trial.user_attrs["mlflow_run_id"])
+
+
 def recover(study: optuna.Study, all_running_stale: bool, parent_run_id: str | None = None,
             tracking_uri: str | None = None) -> list[int]:
     """Fail trials a dead sweep left RUNNING, then queue every failed trial not yet retried.
@@ -174,7 +189,9 @@ def recover(study: optuna.Study, all_running_stale: bool, parent_run_id: str | N
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
     else:
-        optuna.storages.fail_stale_trials(study)  # heartbeat; its callback requeues
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # heartbeat; its callback requeues
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
     failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
@@ -243,6 +260,7 @@ def load_study(target: str | Path, storage: str | None = None) -> tuple[optuna.S
     if "://" not in url and not Path(url).is_file():
         raise UserError(f"no storage for study {name!r} at {url}; run `dispo-wb sweep STUDY.yaml` first "
                         f"or give --storage")
+    url = take_password(url)
     storage_obj = (optuna.storages.RDBStorage(url) if "://" in url else open_storage(url))
     try:
         return optuna.load_study(study_name=name, storage=storage_obj), url
@@ -304,7 +322,10 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(study, storage)
     n_workers = workers or study.workers
-    with exclusive(url) as local:
+    tracking.connect(tracking_uri)  # MLflow's import takes seconds: not while holding the lock below
+    with exclusive(url) as local, shared_storage.StudyLock(url, study.name) as lock:
+        # The lock (a shared database only) makes hosts starting together find one parent run
+        # and re-queue each failed trial once.
         ostudy = open_study(study, url)
         parent = tracking.open_study_run(
             study_name=study.name, experiment=study.base.experiment, tracking_uri=tracking_uri,
@@ -317,6 +338,7 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
             echo(f"queued again with the same parameters: trials {', '.join(map(str, recovered))}")
         ostudy.set_user_attr("mlflow_parent_run_id", parent)
         ostudy.set_user_attr("n_trials", study.n_trials)
+        lock.release()
         remaining = study.n_trials - len(ostudy.get_trials(deepcopy=False, states=DONE))
         echo(f"study {study.name}: {remaining} of {study.n_trials} trials to run, {n_workers} worker(s), "
              f"storage {redact(url)}, MLflow run {parent}")
@@ -328,7 +350,8 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
                 problems = _run_workers(spec, min(n_workers, remaining), remaining)
             status = "FINISHED"
         finally:
-            counts = _counts(ostudy)
+            lost = isinstance(sys.exc_info()[1], shared_storage.StorageUnavailable)  # do not wait a second time
+            counts = {} if lost else _counts(ostudy)
             complete = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) >= study.n_trials
             if status == "FINISHED" and (problems or not complete):
                 status = "FAILED"
@@ -438,9 +461,61 @@ def _worker_loop(spec: _WorkerSpec, index: int, tokens) -> None:
     if spec.study.sampler != "grid":  # the grid must be ordered alike in every worker: its cells are indices
         ostudy.sampler = make_sampler(spec.study, salt=index * 7919 + len(ostudy.trials))
     objective = TrialObjective(spec, index)
+    if shared_storage.is_shared(spec.storage):
+        _shared_worker_loop(spec, ostudy, objective, tokens)
+        return
     while _take(tokens) and len(ostudy.get_trials(deepcopy=False, states=DONE)) < spec.study.n_trials:
         ostudy.optimize(objective, n_trials=1, catch=(TrialCrashed,), callbacks=[_print_trial],
                         gc_after_trial=False)
+
+
+def _shared_worker_loop(spec: _WorkerSpec, ostudy: optuna.Study, objective: "TrialObjective", tokens) -> None:
+    """A worker on a database other hosts share: decide and ask for a trial under the study lock.
+
+    The lock is held from the decision until Optuna has created (or popped) the trial, then
+    released by the objective, so no two hosts take the last slot. While every open slot is
+    held by a RUNNING trial the worker waits: one of them may belong to a dead worker, whose
+    trial the heartbeat fails and re-queues for whoever is still alive.
+    """
+    lock = shared_storage.StudyLock(spec.storage, spec.study.name)
+
+    def locked_objective(trial: Trial):
+        lock.release()
+        return objective(trial)
+
+    poll_s = min(5.0, float(os.environ.get("DISPO_HEARTBEAT_S", _HEARTBEAT_S)))
+    try:
+        while True:
+            lock.acquire()
+            decision = _claim(ostudy, spec)
+            if decision == "wait":
+                lock.release()
+                time.sleep(poll_s)
+                continue
+            if decision == "done" or not _take(tokens):
+                return
+            ostudy.optimize(locked_objective, n_trials=1, catch=(TrialCrashed,), callbacks=[_print_trial],
+                            gc_after_trial=False)
+            lock.release()
+    finally:
+        lock.release()
+
+
+def _claim(ostudy: optuna.Study, spec: _WorkerSpec) -> str:
+    """'run' (a trial is waiting or a slot is free), 'wait' (running trials hold every slot) or 'done'."""
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(ostudy)  # `_requeue_stale` queues them again
+    if _STALE_RUNS:
+        tracking.kill_runs(_STALE_RUNS, "worker lost (no heartbeat); trial queued again", spec.tracking_uri)
+        _STALE_RUNS.clear()
+    states = [t.state for t in ostudy.get_trials(deepcopy=False)]
+    done, running = sum(s in DONE for s in states), states.count(TrialState.RUNNING)
+    if done >= spec.study.n_trials:
+        return "done"
+    if TrialState.WAITING in states or done + running < spec.study.n_trials:
+        return "run"
+    return "wait"
 
 
 def _take(tokens) -> bool:
@@ -475,7 +550,7 @@ class TrialObjective:
         run_id = tracking.open_trial_run(parent_run_id=self.spec.parent_run_id, study_name=self.study.name,
                                          trial_number=trial.number, tracking_uri=self.spec.tracking_uri,
                                          params={**params, "seeds": ",".join(map(str, self.study.seeds))},
-                                         tags={"optuna.sampler": self.study.sampler})
+                                         tags={"optuna.sampler": self.study.sampler, **_retry_tags(trial)})
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
             values = self._train_seeds(trial, overrides, run_id)
@@ -534,6 +609,18 @@ class TrialObjective:
         if reason:
             tags["prune_reason"] = reason
         return tags
+
+
+def _retry_tags(trial: Trial) -> dict[str, str]:
+    """A re-queued trial's run names the trial it retries (and that trial's run, when it had one)."""
+    retry_of = trial.user_attrs.get("retry_of")
+    if retry_of is None:
+        return {}
+    tags = {"dispo.retry_of": str(retry_of)}
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number == retry_of and "mlflow_run_id" in t.user_attrs:
+            tags["dispo.retry_of_run"] = t.user_attrs["mlflow_run_id"]
+    return tags
 
 
 class _PruneReporter:

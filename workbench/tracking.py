@@ -44,6 +44,11 @@ def _client(uri: str | None):
 _OPENED: set[str] = set()
 
 
+def connect(uri: str | None = None) -> None:
+    """Import MLflow and build a client now (seconds on a busy machine), e.g. before taking a lock."""
+    _client(uri)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -507,8 +512,9 @@ def load_histories(runs: list[RunRecord], tracking_uri: str | None = None) -> No
     On a SQL store one query reads the metrics table through MLflow's own table model: for
     64 runs x 40 keys x 200 steps that takes about 2 s, against about 14 s for one
     `get_metric_history` call per (run, key), threads or not (the per-call cost is Python
-    work under the GIL). Other stores (a tracking server) get those calls in a thread pool,
-    where waiting on the network overlaps.
+    work under the GIL). A tracking server is asked for whole series, one request per metric
+    key and up to 100 runs (`_server_metric_rows`); other stores get one call per (run, key)
+    in a thread pool, where waiting on the network overlaps.
     """
     if not runs:
         return
@@ -516,7 +522,9 @@ def load_histories(runs: list[RunRecord], tracking_uri: str | None = None) -> No
     try:
         rows = _sql_metric_rows(client, [r.run_id for r in runs])
     except _NotSql:
-        rows = _client_metric_rows(client, runs)
+        uri = resolve_tracking_uri(tracking_uri)
+        rows = (_server_metric_rows(client, runs) if uri.startswith(("http://", "https://"))
+                else _client_metric_rows(client, runs))
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=["run_id", "key", "step", "timestamp", "value"])
@@ -561,6 +569,41 @@ def _client_metric_rows(client, runs: list[RunRecord]) -> list[tuple]:
         run_id, key = job
         return [(run_id, key, m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)]
 
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return [row for rows in pool.map(fetch, jobs) for row in rows]
+
+
+_BULK_RUNS, _BULK_MAX_POINTS = 100, 25000  # the server's limits for metrics/get-history-bulk
+
+
+def _server_metric_rows(client, runs: list[RunRecord]) -> list[tuple]:
+    """Full histories from an `mlflow server`: one request per metric key per 100 runs.
+
+    Uses the server's `ajax-api/2.0/mlflow/metrics/get-history-bulk` route (the one its UI
+    charts read), which the server answers from its store in one query. A request returns at
+    most 25000 points; a batch that fills it is split in half and asked again.
+    """
+    from mlflow.utils.rest_utils import http_request
+
+    creds = client._tracking_client.store.get_host_creds()  # no public accessor; MLflow's own REST helper
+    by_key: dict[str, list[str]] = {}
+    for r in runs:
+        for k in r.metric_keys:
+            by_key.setdefault(k, []).append(r.run_id)
+
+    def fetch(job: tuple[str, list[str]]) -> list[tuple]:
+        key, ids = job
+        resp = http_request(creds, "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET",
+                            params={"run_id": ids, "metric_key": key, "max_results": _BULK_MAX_POINTS})
+        resp.raise_for_status()
+        points = resp.json().get("metrics", [])
+        if len(points) >= _BULK_MAX_POINTS and len(ids) > 1:
+            half = len(ids) // 2
+            return fetch((key, ids[:half])) + fetch((key, ids[half:]))
+        return [(m["run_id"], m["key"], int(m.get("step", 0)), int(m["timestamp"]), float(m["value"]))
+                for m in points]
+
+    jobs = [(k, ids[i:i + _BULK_RUNS]) for k, ids in by_key.items() for i in range(0, len(ids), _BULK_RUNS)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         return [row for rows in pool.map(fetch, jobs) for row in rows]
 

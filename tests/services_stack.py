@@ -1,0 +1,104 @@
+"""The real PostgreSQL + MLflow server stack that service tests and benchmarks run against.
+
+CI (.ci/run) starts one with `dispo-wb services up` and exports DISPO_SERVICES_DIR; otherwise a
+stack is started in a temporary folder on free ports when PostgreSQL's programs are installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from workbench import services
+from workbench.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def missing() -> str | None:
+    """Why no stack can be started here, or None."""
+    if os.environ.get("DISPO_SERVICES_DIR"):
+        return None
+    try:
+        for name in ("initdb", "pg_ctl", "psql"):
+            services.pg_bin(name)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+@contextmanager
+def running_stack(with_mlflow: bool = True, use_ci: bool = True) -> Iterator[services.Stack]:
+    """The CI stack (left running), or a fresh one in a temporary folder (stopped and removed afterwards).
+
+    The folder is world-traversable: as root, PostgreSQL runs as `postgres`, which must reach it.
+    """
+    given = os.environ.get("DISPO_SERVICES_DIR")
+    if given and use_ci:
+        yield services.Stack.load(Path(given))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="dispo-stack-"))
+    os.chmod(tmp, 0o755)
+    stack = services.up(tmp / "services", pg_port=free_port(), mlflow_port=free_port(), with_mlflow=with_mlflow)
+    try:
+        yield stack
+    finally:
+        services.down(stack.folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def password(stack: services.Stack) -> str:
+    return stack.pgpass.read_text().strip().rsplit(":", 1)[1]
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """Environment of a sweep worker on another 'host': no password file, the repo importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSFILE", "PGPASSWORD", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def dispo_wb() -> list[str]:
+    return [sys.executable, "-m", "workbench.cli"]
+
+
+def dump_databases(stack: services.Stack) -> str:
+    """Everything both databases hold, as SQL text (to grep for secrets)."""
+    env = {**os.environ, "PGPASSFILE": str(stack.pgpass.resolve())}
+    out = []
+    for db in services.DATABASES:
+        out.append(subprocess.run([services.pg_bin("pg_dump"), "-h", stack.host, "-p", str(stack.pg_port), "-U",
+                                   services.ROLE, db], capture_output=True, text=True, env=env, check=True).stdout)
+    return "\n".join(out)
+
+
+def grep_tree(folder: Path, needle: str) -> list[Path]:
+    """Files under `folder` that contain `needle`."""
+    hits = []
+    for p in folder.rglob("*"):
+        if p.is_file():
+            try:
+                if needle.encode() in p.read_bytes():
+                    hits.append(p)
+            except OSError:
+                pass
+    return hits
+
+
+def storage_with_password(stack: services.Stack) -> str:
+    """The Optuna URL with the password written into it (what a careless user might pass)."""
+    return f"postgresql://{services.ROLE}:{password(stack)}@{stack.host}:{stack.pg_port}/optuna"

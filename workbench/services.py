@@ -1,0 +1,289 @@
+"""The local stack for many-worker sweeps: PostgreSQL (Optuna storage, MLflow backend) and `mlflow server`.
+
+`up(folder)` makes, under `folder` (default `.services/` in the project):
+- `pg/`: a PostgreSQL cluster from Debian's `postgresql` package (`initdb`, `pg_ctl`), listening on
+  127.0.0.1 only (unless `host` says otherwise), scram-sha-256 passwords, two databases
+  (`optuna`, `mlflow`) owned by the role `dispo`;
+- `pgpass`: the generated password in libpq's pgpass format, mode 0600. The URLs printed carry
+  no password: libpq reads it from the file named by `PGPASSFILE`, so neither the URLs, the
+  process list, MLflow tags nor logs ever hold it;
+- `mlflow server` on 127.0.0.1 with the `mlflow` database as backend store and `artifacts/` as
+  the artifact root it serves (clients upload through the server, nothing else is shared);
+- `services.env`: the three lines to `source` (PGPASSFILE, DISPO_STORAGE, MLFLOW_TRACKING_URI).
+
+PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` system user
+the Debian package creates, and its commands run as that user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.errors import UserError
+
+DEFAULT_DIR = Path(".services")
+PG_PORT, MLFLOW_PORT = 5433, 5005
+ROLE, DATABASES = "dispo", ("optuna", "mlflow")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where one stack lives and how it is reached; `Stack.load(folder)` reads a started one back."""
+
+    folder: Path
+    host: str = "127.0.0.1"
+    pg_port: int = PG_PORT
+    mlflow_port: int = MLFLOW_PORT
+
+    @property
+    def pgpass(self) -> Path:
+        return self.folder / "pgpass"
+
+    @property
+    def storage_url(self) -> str:
+        return f"postgresql://{ROLE}@{self.host}:{self.pg_port}/optuna"
+
+    @property
+    def backend_url(self) -> str:
+        return f"postgresql://{ROLE}@{self.host}:{self.pg_port}/mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    def env(self) -> dict[str, str]:
+        return {"PGPASSFILE": str(self.pgpass.resolve()), "DISPO_STORAGE": self.storage_url,
+                "MLFLOW_TRACKING_URI": self.tracking_uri}
+
+    @classmethod
+    def load(cls, folder: Path) -> "Stack":
+        env = folder / "services.env"
+        if not env.is_file():
+            raise UserError(f"no stack in {folder} (no services.env); start one with `dispo-wb services up`")
+        values = dict(line.removeprefix("export ").split("=", 1) for line in env.read_text().split("\n") if "=" in line)
+        host_port = values["DISPO_STORAGE"].split("@", 1)[1].split("/", 1)[0]
+        host, pg_port = host_port.rsplit(":", 1)
+        return cls(folder, host, int(pg_port), int(values["MLFLOW_TRACKING_URI"].rsplit(":", 1)[1]))
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else in Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        raise UserError(f"PostgreSQL's {name} is not installed; install Debian's package: apt-get install postgresql")
+    return found
+
+
+def _owner() -> str | None:
+    """The user PostgreSQL runs as: None (this user) unless we are root, then Debian's `postgres`."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise UserError("PostgreSQL cannot run as root and there is no `postgres` user; "
+                        "install Debian's postgresql package or run as another user") from None
+    return "postgres"
+
+
+def _run(argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, user=user, env={**os.environ, **(env or {})})
+    if out.returncode != 0:
+        last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"{Path(argv[0]).name} failed (exit {out.returncode}): {last[0]}")
+    return out.stdout
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+def _pg_dir(stack: Stack) -> Path:
+    return stack.folder / "pg"
+
+
+def _init_cluster(stack: Stack, password: str, user: str | None) -> None:
+    data = _pg_dir(stack)
+    data.mkdir(parents=True, mode=0o700)
+    pwfile = stack.folder / ".initdb-pw"
+    pwfile.write_text(password + "\n")
+    os.chmod(pwfile, 0o600)
+    if user:
+        uid, gid = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
+        for p in (data, pwfile):
+            os.chown(p, uid, gid)
+    try:
+        _run([pg_bin("initdb"), "-D", str(data.resolve()), "-U", ROLE, "--auth=scram-sha-256",
+              f"--pwfile={pwfile.resolve()}", "-E", "UTF8", "--no-locale"], user=user)
+    finally:
+        pwfile.unlink()
+    if stack.host not in _LOOPBACK:  # initdb allows loopback only; a chosen interface gets password logins
+        with open(data / "pg_hba.conf", "a") as f:
+            f.write("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+
+
+def pg_start(stack: Stack) -> None:
+    data, user = _pg_dir(stack).resolve(), _owner()
+    opts = f"-c listen_addresses={stack.host} -p {stack.pg_port} -k {data}"
+    _run([pg_bin("pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-o", opts, "-w", "-t", "60", "start"],
+         user=user)
+
+
+def pg_stop(stack: Stack) -> None:
+    data = _pg_dir(stack).resolve()
+    if (data / "postmaster.pid").exists():
+        _run([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], user=_owner())
+
+
+def pg_running(stack: Stack) -> bool:
+    out = subprocess.run([pg_bin("pg_isready"), "-h", stack.host, "-p", str(stack.pg_port), "-q"])
+    return out.returncode == 0
+
+
+def _create_databases(stack: Stack) -> None:
+    env = {"PGPASSFILE": str(stack.pgpass.resolve())}
+    have = _run([pg_bin("psql"), "-h", stack.host, "-p", str(stack.pg_port), "-U", ROLE, "-d", "postgres", "-Atc",
+                 "select datname from pg_database"], env=env).split()
+    for db in DATABASES:
+        if db not in have:
+            _run([pg_bin("createdb"), "-h", stack.host, "-p", str(stack.pg_port), "-U", ROLE, db], env=env)
+
+
+# --- MLflow server ------------------------------------------------------------------------------------
+
+
+def _mlflow_pidfile(stack: Stack) -> Path:
+    return stack.folder / "mlflow.pid"
+
+
+def mlflow_start(stack: Stack, timeout_s: float = 180) -> None:
+    artifacts = (stack.folder / "artifacts").resolve()
+    artifacts.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.backend_url,
+            "--artifacts-destination", str(artifacts), "--host", stack.host, "--port", str(stack.mlflow_port),
+            "--workers", "2"]
+    log = open(stack.folder / "mlflow.log", "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PGPASSFILE": str(stack.pgpass.resolve())})
+    _mlflow_pidfile(stack).write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"mlflow server exited with code {proc.returncode}; see {stack.folder / 'mlflow.log'}")
+        if mlflow_running(stack):
+            return
+        time.sleep(0.5)
+    raise UserError(f"mlflow server did not answer on {stack.tracking_uri} within {timeout_s:.0f} s; "
+                    f"see {stack.folder / 'mlflow.log'}")
+
+
+def mlflow_running(stack: Stack) -> bool:
+    try:
+        with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def mlflow_stop(stack: Stack, timeout_s: float = 20) -> None:
+    pidfile = _mlflow_pidfile(stack)
+    if not pidfile.exists():
+        return
+    pid = int(pidfile.read_text())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)  # the server's own session: its workers go with it
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if not _alive(pid):
+            break
+    pidfile.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        if waited:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- the stack ------------------------------------------------------------------------------------------
+
+
+def up(folder: Path = DEFAULT_DIR, host: str = "127.0.0.1", pg_port: int = PG_PORT,
+       mlflow_port: int = MLFLOW_PORT, with_mlflow: bool = True) -> Stack:
+    """Start (creating on first use) the stack in `folder`; returns it. Idempotent.
+
+    `with_mlflow=False` starts PostgreSQL alone (tests of the Optuna side).
+    """
+    stack = Stack(folder, host, pg_port, mlflow_port)
+    if (folder / "services.env").is_file():
+        stack = Stack.load(folder)  # a made stack keeps its ports and interface
+    folder.mkdir(parents=True, exist_ok=True)
+    user = _owner()
+    if user:  # the postgres user must reach its data folder
+        os.chmod(folder, 0o755)
+        if subprocess.run(["test", "-x", str(folder.resolve())], user=user).returncode != 0:
+            raise UserError(f"the {user} user cannot reach {folder.resolve()} (a parent folder is private); "
+                            "pass --dir with a folder it can reach, e.g. under /srv or /tmp")
+    if not _pg_dir(stack).exists():
+        for port in (stack.pg_port, stack.mlflow_port):
+            if not _port_free(stack.host, port):
+                raise UserError(f"port {port} on {stack.host} is in use; pick free ones with --pg-port / --mlflow-port")
+        password = secrets.token_urlsafe(24)
+        stack.pgpass.touch(mode=0o600)
+        os.chmod(stack.pgpass, 0o600)
+        stack.pgpass.write_text(f"{stack.host}:{stack.pg_port}:*:{ROLE}:{password}\n")
+        _init_cluster(stack, password, user)
+        (folder / "services.env").write_text("".join(f"export {k}={v}\n" for k, v in stack.env().items()))
+    if not pg_running(stack):
+        pg_start(stack)
+    _create_databases(stack)
+    if with_mlflow and not mlflow_running(stack):
+        mlflow_start(stack)
+    return stack
+
+
+def down(folder: Path = DEFAULT_DIR) -> Stack:
+    """Stop the MLflow server, then PostgreSQL; the data stays for the next `up`."""
+    stack = Stack.load(folder)
+    mlflow_stop(stack)
+    pg_stop(stack)
+    return stack
+
+
+def status(folder: Path = DEFAULT_DIR) -> dict[str, bool]:
+    stack = Stack.load(folder)
+    return {"postgresql": pg_running(stack), "mlflow": mlflow_running(stack)}
