@@ -1,9 +1,12 @@
 # Two commands set up a fresh machine: `make demo` (install + main job) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# verl 0.9.1 caps transformers below the version the workbench develops on: its own env.
+VERL_VENV ?= .venv-verl
+VERL_PY := $(VERL_VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test clean
+.PHONY: install install-verl demo test clean
 
 install: $(VENV)/.installed
 
@@ -15,11 +18,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,report]'
 	touch $@
 
+install-verl: $(VERL_VENV)/.installed
+
+# About 1.9 GB (ray, verl's pins); torch first, CPU build, for the same reason as above.
+$(VERL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install -q --upgrade pip
+	$(VERL_PY) -m pip install -q torch==2.13.0
+	$(VERL_PY) -m pip install -q -e '.[dev,verl]'
+	touch $@
+
 demo: install
 	$(VENV)/bin/dispo-wb sweep studies/smoke.yaml
 
-test: install
-	$(PY) -m pytest -q
+# The verl tests run in verl's env (built here when missing); the main suite leaves them out by marker.
+test: install install-verl
+	$(PY) -m pytest -q -m "not verl"
+	CI=$${CI:-true} $(VERL_PY) -m pytest -q -m verl
 
 clean:
-	rm -rf $(VENV) .cache mlflow.db mlartifacts reports/*/
+	rm -rf $(VENV) $(VERL_VENV) .cache mlflow.db mlartifacts reports/*/

@@ -139,6 +139,7 @@ class CollapseConfig(Strict):
 
 
 class RunConfig(Strict):
+    engine: Literal["local", "verl", "trl"] = Field("local", description="local: the workbench trainer; verl, trl: that engine runs the objective (workbench.engines)")
     experiment: str = Field("dispo-wb", description="MLflow experiment")
     run_name: str | None = Field(None, description="MLflow run name; default <objective>-<model>-s<seed>")
     seed: int = Field(0, description="seeds sampling, data order and initialisation")

@@ -53,6 +53,9 @@ from workbench.study import Direction, Study, default_storage, load_study_file
 from workbench.trial_process import TrialCrashed, describe_exit, die_with_parent, run_training
 
 TRAIN_FN = "workbench.trainer.train"
+# Trials of a study with `engine: verl` run as one engine job per seed; the outcome is read back
+# from the job's MLflow run (workbench.engines.verl.launch.train returns the same RunResult).
+ENGINE_TRAIN_FNS = {"verl": "workbench.engines.verl.launch.train"}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 _HEARTBEAT_S, _GRACE_S = 30, 120
 
@@ -473,7 +476,11 @@ class TrialObjective:
         for i, seed in enumerate(self.study.seeds):
             config = self.study.run_config(overrides, seed, self.spec.threads)
             reporter = _PruneReporter(trial, self.prune_metric, i * (config.steps + 1)) if self.prune_metric else None
-            result = run_training(self.spec.train_fn, config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
+            train_fn = self.spec.train_fn if config.engine == "local" else ENGINE_TRAIN_FNS.get(config.engine)
+            if train_fn is None:
+                raise UserError(f"sweeps do not run on engine {config.engine} yet; engines for sweeps: "
+                                f"local, {', '.join(ENGINE_TRAIN_FNS)}")
+            result = run_training(train_fn, config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
                                   parent_run_id=run_id, progress=False,
                                   extra_tags={"dispo.study": self.study.name, "dispo.trial": str(trial.number),
                                               "dispo.seed": str(seed)})
