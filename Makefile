@@ -20,12 +20,21 @@ $(VENV)/.installed: pyproject.toml
 
 install-verl: $(VERL_VENV)/.installed
 
-# About 1.9 GB (ray, verl's pins); torch first, CPU build, for the same reason as above.
+# About 2.4 GB (ray, verl's pins); torch first, CPU build, for the same reason as above.
+# verl's Hydra needs omegaconf 2.3, which needs antlr4 4.9 while our math-verify extra pins 4.13:
+# left to itself pip resolves that by installing hydra-core 0.11, which verl cannot import. So
+# the workbench's requirements go in with math-verify's antlr 4.9 extra (same parser, older
+# runtime), then the package itself without dependencies (for its verl.plugins entry point).
 $(VERL_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VERL_VENV)
 	$(VERL_PY) -m pip install -q --upgrade pip
 	$(VERL_PY) -m pip install -q torch==2.13.0
-	$(VERL_PY) -m pip install -q -e '.[dev,verl]'
+	$(VERL_PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	  extra = p['optional-dependencies']; \
+	  print('\n'.join(r for r in p['dependencies'] + extra['dev'] + extra['verl'] if not r.startswith('math-verify[antlr4_13')))" \
+	  > $(VERL_VENV)/requirements.txt
+	$(VERL_PY) -m pip install -q -r $(VERL_VENV)/requirements.txt
+	$(VERL_PY) -m pip install -q --no-deps -e .
 	touch $@
 
 demo: install

@@ -95,17 +95,21 @@ def test_regime_statistics_come_out_token_weighted_through_verl_reduction():
     pieces = [slice(0, 2), slice(4, 6), slice(2, 4), slice(6, 8)]  # rank 0: micro 0, 1; rank 1: micro 0, 1
     per_piece = [Metric.from_dict(fn(old[s], logp[s], adv[s], mask[s], "token-mean", cfg)[1], "mean") for s in pieces]
     keys = per_piece[0]
-    ranks = [{k: Metric("mean", [per_piece[r * 2 + i][k] for i in range(2)]) for k in keys} for r in range(2)]
+    ranks = [{k: Metric("mean") for k in keys} for _ in range(2)]
+    for r in range(2):
+        for i in range(2):
+            for k in keys:
+                ranks[r][k].append(per_piece[r * 2 + i][k])  # a rank's micro-batches, as verl's actor collects them
     reduced = reduce_metrics({k: [Metric.aggregate_dp([ranks[0][k], ranks[1][k]])] for k in keys})
     got = translate_step(reduced)
     _, want = get_objective("dispo")(logp, old, adv, mask, params)
     naive = [get_objective("dispo")(logp[s], old[s], adv[s], mask[s], params)[1] for s in pieces]
-    key = "regime/pos_down/clip_frac"
+    key = "regime/neg_up/token_frac"
     for k in got:
         if k.startswith("regime/") or k.startswith("ratio/"):
-            assert got[k] == pytest.approx(want[k], rel=1e-12, nan_ok=True), k
-    naive_mean = sum(n[key] for n in naive) / len(naive)
-    assert abs(naive_mean - want[key]) > 1e-3  # unweighted averaging would have been wrong here
+            assert got[k] == pytest.approx(want[k], rel=1e-6, nan_ok=True), k  # regime_metrics sums float32 values
+    defined = [n[key] for n in naive if not math.isnan(n[key])]
+    assert abs(sum(defined) / len(defined) - want[key]) > 1e-2  # averaging per-piece ratios would be wrong here
 
 
 def test_dispo_without_our_config_class_says_how_to_select_it():

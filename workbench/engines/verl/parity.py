@@ -30,7 +30,7 @@ NO_DUAL_CLIP = 1e12
 
 def actor_config(clip_low: float = 0.2, clip_high: float = 0.2, policy_loss: PolicyLossConfig | None = None) -> ActorConfig:
     """verl's actor config as its actor passes it to a policy loss (one rank, local batch info)."""
-    return ActorConfig(strategy="fsdp", ppo_mini_batch_size=4, ppo_micro_batch_size_per_gpu=4, clip_ratio=0.2,
+    return ActorConfig(strategy="fsdp", rollout_n=4, ppo_mini_batch_size=4, ppo_micro_batch_size_per_gpu=4, clip_ratio=0.2,
                        clip_ratio_low=clip_low, clip_ratio_high=clip_high, clip_ratio_c=NO_DUAL_CLIP,
                        policy_loss=policy_loss or PolicyLossConfig(), use_dynamic_bsz=False)
 
@@ -68,7 +68,7 @@ def dispo_reference(tensors, pos_up: float, pos_down: float, neg_up: float, neg_
             if mask[i, j] == 0:
                 continue
             a = float(adv[i, j])
-            r = float(torch.exp(logp[i, j] - old[i, j]))
+            r = float(torch.exp(logp[i, j].detach() - old[i, j]))
             lo, hi = (1 - pos_down, 1 + pos_up) if a > 0 else (1 - neg_down, 1 + neg_up)
             total = total - min(max(r, lo), hi) * a * logp[i, j]
             count += 1
