@@ -36,7 +36,7 @@ def objective_params(objective: str, config: Any):
     spec = get_spec(objective)
     if spec.params_cls is DispoParams:
         pl = config.policy_loss
-        missing = [f for f in ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down", "mask_mode") if f not in pl]
+        missing = [f for f in ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down", "mask_mode") if not hasattr(pl, f)]
         if missing:
             raise ValueError(f"{loss_name(objective)} needs actor.policy_loss._target_="
                              f"workbench.engines.verl.config.WorkbenchPolicyLossConfig (missing: {', '.join(missing)})")
