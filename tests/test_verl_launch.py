@@ -166,3 +166,13 @@ def test_dry_run_prints_the_verl_command_and_writes_nothing(tmp_path, monkeypatc
 
 
 from importlib.util import find_spec as _find_spec  # noqa: E402  (the real one, for the patched lookup)
+
+
+def test_a_verl_study_trains_each_seed_as_a_verl_job_read_back_like_the_trainer():
+    from workbench.sweep import engine_train_fn
+    from workbench.trial_process import _resolve
+
+    assert engine_train_fn("local", "tests.fake_trainer.train") == "tests.fake_trainer.train"
+    assert _resolve(engine_train_fn("verl", "tests.fake_trainer.train")) is launch.train
+    with pytest.raises(UserError, match="sweeps do not run on engine trl yet"):
+        engine_train_fn("trl", "tests.fake_trainer.train")

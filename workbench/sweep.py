@@ -57,6 +57,15 @@ TRAIN_FN = "workbench.trainer.train"
 # from the job's MLflow run (workbench.engines.verl.launch.train returns the same RunResult).
 ENGINE_TRAIN_FNS = {"verl": "workbench.engines.verl.launch.train"}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def engine_train_fn(engine: str, local_fn: str | Callable) -> str | Callable:
+    """What trains a trial seed on `engine`: `local_fn` for the local trainer, else the engine's job."""
+    if engine == "local":
+        return local_fn
+    if engine not in ENGINE_TRAIN_FNS:
+        raise UserError(f"sweeps do not run on engine {engine} yet; engines for sweeps: local, {', '.join(ENGINE_TRAIN_FNS)}")
+    return ENGINE_TRAIN_FNS[engine]
 _HEARTBEAT_S, _GRACE_S = 30, 120
 
 
@@ -476,11 +485,7 @@ class TrialObjective:
         for i, seed in enumerate(self.study.seeds):
             config = self.study.run_config(overrides, seed, self.spec.threads)
             reporter = _PruneReporter(trial, self.prune_metric, i * (config.steps + 1)) if self.prune_metric else None
-            train_fn = self.spec.train_fn if config.engine == "local" else ENGINE_TRAIN_FNS.get(config.engine)
-            if train_fn is None:
-                raise UserError(f"sweeps do not run on engine {config.engine} yet; engines for sweeps: "
-                                f"local, {', '.join(ENGINE_TRAIN_FNS)}")
-            result = run_training(train_fn, config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
+            result = run_training(engine_train_fn(config.engine, self.spec.train_fn), config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
                                   parent_run_id=run_id, progress=False,
                                   extra_tags={"dispo.study": self.study.name, "dispo.trial": str(trial.number),
                                               "dispo.seed": str(seed)})
