@@ -122,3 +122,15 @@ def test_dispo_without_our_config_class_says_how_to_select_it():
 def test_actor_config_is_verls_own():
     assert isinstance(actor_config(), ActorConfig)
     assert run_loss  # the parity module calls losses only through verl's registry
+
+
+def test_a_loss_missing_from_verls_registry_stops_the_launch_in_one_line(tmp_path):
+    # verl swallows a failing plugin import (DEBUG log); VERL_USE_EXTERNAL_PLUGINS=none stands for that failure.
+    env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    out = subprocess.run([sys.executable, "-m", "workbench.cli", "train", "--engine", "verl", "--steps", "1",
+                          "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "loss 'wb_dispo' is not in verl's registry" in errors[0]
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / ".cache").exists()
