@@ -1,9 +1,12 @@
 # Two commands set up a fresh machine: `make demo` (install + main job) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# verl 0.9.1 caps transformers below the version the workbench develops on: its own env.
+VERL_VENV ?= .venv-verl
+VERL_PY := $(VERL_VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test clean
+.PHONY: install install-verl demo test clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +18,25 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,report,services]'
 	touch $@
 
+install-verl: $(VERL_VENV)/.installed
+
+# About 2.4 GB (ray, verl's pins); torch first, CPU build, for the same reason as above.
+# verl's Hydra needs omegaconf 2.3, which needs antlr4 4.9 while our math-verify extra pins 4.13:
+# left to itself pip resolves that by installing hydra-core 0.11, which verl cannot import. So
+# the workbench's requirements go in with math-verify's antlr 4.9 extra (same parser, older
+# runtime), then the package itself without dependencies (for its verl.plugins entry point).
+$(VERL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install -q --upgrade pip
+	$(VERL_PY) -m pip install -q torch==2.13.0
+	$(VERL_PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	  extra = p['optional-dependencies']; \
+	  print('\n'.join(r for r in p['dependencies'] + extra['dev'] + extra['verl'] if not r.startswith('math-verify[antlr4_13')))" \
+	  > $(VERL_VENV)/requirements.txt
+	$(VERL_PY) -m pip install -q -r $(VERL_VENV)/requirements.txt
+	$(VERL_PY) -m pip install -q --no-deps -e .
+	touch $@
+
 # The first run: two trials that differ in one bound (studies/demo.yaml), their report, where to look.
 demo: install
 	$(VENV)/bin/dispo-wb sweep studies/demo.yaml
@@ -23,8 +45,10 @@ demo: install
 	@echo "  open the report:  python3 -m webbrowser reports/demo/index.html"
 	@echo "  open MLflow:      $(VENV)/bin/dispo-wb ui    # then http://127.0.0.1:5000, experiment dispo-wb-demo"
 
-test: install
-	$(PY) -m pytest -q
+# The verl tests run in verl's env (built here when missing); the main suite leaves them out by marker.
+test: install install-verl
+	$(PY) -m pytest -q -m "not verl"
+	CI=$${CI:-true} $(VERL_PY) -m pytest -q -m verl
 
 clean:
-	rm -rf $(VENV) .cache mlflow.db mlartifacts reports/*/
+	rm -rf $(VENV) $(VERL_VENV) .cache mlflow.db mlartifacts reports/*/

@@ -4,7 +4,8 @@ Run (repo root, on a GPU machine): .venv/bin/python -m benchmarks.gpu [--steps 4
 Self-contained, no network: the model is built from a config with the workbench's
 character tokenizer and saved to a temporary directory, then `workbench.trainer.train`
 runs it on the built-in chain-sum task, once with `rollout.backend: hf` and, where vLLM
-imports, once with `vllm`. Each backend runs in its own process, so peak memory and vLLM's
+imports, once with `vllm`; where verl imports, the engine check runs wb_dispo inside verl on the
+same model (benchmarks/gpu_verl.py). Each backend runs in its own process, so peak memory and vLLM's
 process-wide state belong to one run. Prints per backend: seconds per step (first step,
 which holds warm-up, and the mean of the rest; "run s" adds start-up, engine build and the
 two evaluations), rollout tokens/s, peak GPU memory
@@ -152,6 +153,7 @@ def main() -> None:
             rows.append(child(backend, str(root / "model"), args.steps, work, min(110.0, left) if backend == "hf" else left))
         if not has_vllm:
             rows.append({"backend": "vllm", "status": "skipped: vllm is not installed"})
+        rows.append(_engine_verl(root, args.steps))
     print(f"{'backend':<8}{'status':<10}{'run s':>7}{'s/step 1st':>11}{'s/step rest':>12}{'rollout tok/s':>14}"
           f"{'peak alloc GiB':>15}{'peak resv GiB':>14}{'logp mismatch mean/max':>24}")
     for r in rows:
@@ -170,6 +172,23 @@ def main() -> None:
     if args.json:
         for r in rows:
             print(json.dumps(r))
+
+
+def _engine_verl(root: Path, steps: int) -> dict:
+    """Engine check: wb_dispo inside verl on the same model (benchmarks/gpu_verl.py), where verl imports."""
+    if importlib.util.find_spec("verl") is None:
+        return {"backend": "verl", "status": "skipped: verl is not installed (make install-verl)"}
+    from benchmarks.gpu_verl import verl_check
+
+    work = root / "verl"
+    work.mkdir()
+    try:
+        r = verl_check(str(root / "model"), steps, work)
+    except Exception as e:  # one row per failure; the other backends' figures still print
+        return {"backend": "verl", "status": f"failed: {type(e).__name__}: {e}"}
+    regimes = " ".join(f"{k.removeprefix('regime/')}={v:.3f}" for k, v in r["regime_last"].items())
+    return {"backend": "verl", "status": f"{r['status']}: {r['steps']} steps, {r['wall_s']:.0f}s, s/step first "
+            f"{fmt(r['step_s_first'], '.2f')} rest {fmt(r['step_s_rest'], '.2f')}; last step {regimes}"}
 
 
 def _version(pkg: str) -> str:

@@ -50,6 +50,10 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
                                                       help="any config field, repeatable: --set sft.target_low=0.4")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    engine: Annotated[Optional[str], typer.Option(help="local (default) | verl | trl: where the run trains")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="engine runs: print the engine command and exit")] = False,
+    engine_arg: Annotated[Optional[list[str]], typer.Option(
+        "--engine-arg", metavar="ARG", help="passed to the engine as is, repeatable (verl: trainer.nnodes=2)")] = None,
 ) -> None:
     """Run one RL training run and log it to MLflow."""
     from workbench.runs import parse_set_flags, resume_config, run_config_from_cli
@@ -60,7 +64,7 @@ def train(
              "objective.params.eps_neg_down": eps_neg_down, "objective.params.eps_low": eps_low,
              "objective.params.eps_high": eps_high, "model.name": model, "steps": steps, "seed": seed, "lr": lr,
              "updates_per_rollout": updates_per_rollout, "rollout_lag": rollout_lag, "experiment": experiment,
-             "run_name": run_name, "threads": threads}
+             "run_name": run_name, "threads": threads, "engine": engine}
     try:
         if set_ and resume:
             raise UserError("--set cannot change a resumed run's config; only --steps can")
@@ -74,6 +78,8 @@ def train(
         fail(e.lines)
     except UserError as e:
         fail(str(e))
+    if cfg.engine != "local" or dry_run or engine_arg:
+        raise typer.Exit(_train_on_engine(cfg, tracking_uri, dry_run, engine_arg or [], resume))
     from workbench.trainer import train as run_training  # torch loads only for a config that is valid
 
     try:
@@ -93,6 +99,26 @@ def train(
     if result.status == "KILLED":
         typer.echo(f"resume with: dispo-wb train --resume {result.run_id}")
         raise typer.Exit(130)
+
+
+def _train_on_engine(cfg, tracking_uri: str | None, dry_run: bool, engine_args: list[str], resume: str | None) -> int:
+    """`--engine verl|trl`: the engine's launcher runs the run (workbench.engines)."""
+    from workbench.engines import launcher
+
+    if cfg.engine == "local":
+        fail("--dry-run and --engine-arg are for --engine verl or trl; the local trainer takes neither")
+    if resume:
+        fail(f"--resume is for local runs; engine {cfg.engine} resumes through its own checkpoints")
+    if engine_args and cfg.engine != "verl":
+        fail(f"--engine-arg is for --engine verl, not {cfg.engine}")
+    try:
+        launch = launcher(cfg.engine)
+    except ImportError as e:
+        fail(f"engine {cfg.engine} is not available in this install: {e}")
+    try:
+        return launch(cfg, tracking_uri=tracking_uri, dry_run=dry_run, engine_args=engine_args)
+    except (UserError, ConfigError) as e:
+        fail(getattr(e, "lines", None) or str(e))
 
 
 @app.command("eval")

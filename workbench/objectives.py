@@ -78,6 +78,7 @@ class ObjectiveSpec:
     default_params: Any
     aggregation: str  # default aggregation mode for `aggregate`
     paper: str
+    core: Callable[..., Terms] | None = None  # what `objective_terms` calls
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
@@ -122,10 +123,24 @@ def register_objective(
 
         objective.__name__ = objective.__qualname__ = name
         objective.__doc__ = core.__doc__
-        _REGISTRY[name] = ObjectiveSpec(name, objective, params_cls, default_params, aggregation, paper)
+        _REGISTRY[name] = ObjectiveSpec(name, objective, params_cls, default_params, aggregation, paper, core)
         return objective
 
     return decorator
+
+
+def objective_terms(name: str, logp, old_logp, advantages, mask, params=None) -> tuple[torch.Tensor, Terms, torch.Tensor]:
+    """`(per_token_loss, terms, adv)` of objective `name`: the loss of `get_objective(name)` plus
+    its ratio, weight and clip decisions and the (B, T) advantages, for callers that reduce the
+    statistics themselves (engines that average over micro-batches: `workbench.regime_sums`)."""
+    spec = get_spec(name)
+    if params is None:
+        params = spec.default_params
+    elif not isinstance(params, spec.params_cls):
+        raise ValueError(f"params of {name!r} must be {spec.params_cls.__name__}, got {type(params).__name__}")
+    logp, old_logp, adv, m = _prepare(logp, old_logp, advantages, mask, None)
+    terms = spec.core(logp, old_logp, adv, m, params)
+    return torch.where(m, terms.loss, 0.0), terms, adv
 
 
 def list_objectives() -> list[str]:

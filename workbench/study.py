@@ -184,6 +184,11 @@ def load_study_file(path: str | Path) -> Study:
 
 def parse_study(data: dict[str, Any], path: Path) -> Study:
     data = _normalise_inf(data)
+    if isinstance(data.get("base", {}), dict) and "engine" in data:
+        # `engine: verl` at the top is where every trial's runs train: the base runs' engine field.
+        if "engine" in data.get("base", {}):
+            raise ConfigError(["engine: set it at the top or in base:, not both"])
+        data = {**{k: v for k, v in data.items() if k != "engine"}, "base": {**data.get("base", {}), "engine": data["engine"]}}
     try:
         model = _StudyModel.model_validate(data)
     except ValidationError as e:

@@ -54,7 +54,19 @@ from workbench.study import Direction, Study, default_storage, load_study_file
 from workbench.trial_process import TrialCrashed, describe_exit, die_with_parent, run_training
 
 TRAIN_FN = "workbench.trainer.train"
+# Trials of a study with `engine: verl` run as one engine job per seed; the outcome is read back
+# from the job's MLflow run (workbench.engines.verl.launch.train returns the same RunResult).
+ENGINE_TRAIN_FNS = {"verl": "workbench.engines.verl.launch.train"}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def engine_train_fn(engine: str, local_fn: str | Callable) -> str | Callable:
+    """What trains a trial seed on `engine`: `local_fn` for the local trainer, else the engine's job."""
+    if engine == "local":
+        return local_fn
+    if engine not in ENGINE_TRAIN_FNS:
+        raise UserError(f"sweeps do not run on engine {engine} yet; engines for sweeps: local, {', '.join(ENGINE_TRAIN_FNS)}")
+    return ENGINE_TRAIN_FNS[engine]
 _HEARTBEAT_S, _GRACE_S = 30, 120
 
 
@@ -578,7 +590,7 @@ class TrialObjective:
             named = {} if self.study.base.run_name else {"run_name": f"{self.study.name}-t{trial.number:04d}-s{seed}"}
             config = self.study.run_config({**overrides, **named}, seed, self.spec.threads)
             reporter = _PruneReporter(trial, self.prune_metric, i * (config.steps + 1)) if self.prune_metric else None
-            result = run_training(self.spec.train_fn, config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
+            result = run_training(engine_train_fn(config.engine, self.spec.train_fn), config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
                                   parent_run_id=run_id, progress=False,
                                   extra_tags={"dispo.study": self.study.name, "dispo.trial": str(trial.number),
                                               "dispo.seed": str(seed)})

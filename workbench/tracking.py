@@ -161,6 +161,24 @@ def metric_histories(run_id: str, keys: list[str], tracking_uri: str | None = No
     return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
 
 
+def metric_keys(run_id: str, tracking_uri: str | None = None) -> list[str]:
+    """Every metric key a run has (engine runs: to translate what the engine logged)."""
+    return sorted(_client(tracking_uri).get_run(run_id).data.metrics)
+
+
+def log_run_metrics(run_id: str, metrics: dict[str, float], step: int, tracking_uri: str | None = None) -> None:
+    """One step's metrics into an existing run that another process (an engine) may be writing."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    _client(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
+                                    synchronous=True)
+
+
+def set_run_tags(run_id: str, tags: dict[str, Any], tracking_uri: str | None = None) -> None:
+    _set_tags(_client(tracking_uri), run_id, tags)
+
+
 def download_text(run_id: str, artifact_file: str, tracking_uri: str | None = None) -> str:
     with tempfile.TemporaryDirectory() as d:
         path = _client(tracking_uri).download_artifacts(run_id, artifact_file, d)
