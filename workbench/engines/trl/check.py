@@ -80,6 +80,17 @@ def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
 
 
+def _max_gap(got: dict[str, float], want: dict[str, float]) -> float:
+    """Largest |got - want| over got's keys; NaN on both sides agrees, NaN on one side counts as inf."""
+    gap = 0.0
+    for k, v in got.items():
+        w = want[k]
+        if math.isnan(v) and math.isnan(w):
+            continue
+        gap = max(gap, math.inf if math.isnan(v) or math.isnan(w) else abs(v - w))
+    return gap
+
+
 def analyse(out: Path, nproc: int, cfg, run_id: str, uri: str) -> dict:
     """The check's findings from the ranks' records and the MLflow run."""
     from workbench import tracking
@@ -88,7 +99,7 @@ def analyse(out: Path, nproc: int, cfg, run_id: str, uri: str) -> dict:
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
     spec, params = get_spec(cfg.objective.name), cfg.objective.build_params()
     mode = cfg.objective.aggregation or spec.aggregation
-    loss_diff, metric_diff, abs_dev = 0.0, 0.0, 0.0
+    loss_diff, metric_diff, rank0_gap, abs_dev = 0.0, 0.0, 0.0, 0.0
     for calls in zip(*(r["records"] for r in ranks)):
         for rec in calls:
             per_token, _ = spec.fn(rec["logp"], rec["old_logp"], rec["adv"], rec["mask"], params, entropy=rec["entropy"])
@@ -98,10 +109,11 @@ def analyse(out: Path, nproc: int, cfg, run_id: str, uri: str) -> dict:
         union = [_pad_cat([rec[k] for rec in calls]) if k != "adv" else torch.cat([rec[k] for rec in calls])
                  for k in ("logp", "old_logp", "adv", "mask", "entropy")]
         _, want = spec.fn(*union[:4], params, entropy=union[4])
+        first = calls[0]
+        _, rank0 = spec.fn(first["logp"], first["old_logp"], first["adv"], first["mask"], params, entropy=first["entropy"])
         for rec in calls:
-            for k, v in rec["metrics"].items():
-                if not (math.isnan(v) and math.isnan(want[k])):
-                    metric_diff = max(metric_diff, abs(v - want[k]))
+            metric_diff = max(metric_diff, _max_gap(rec["metrics"], want))
+        rank0_gap = max(rank0_gap, _max_gap(first["metrics"], rank0))
     run = tracking.run_info(run_id, uri)
     from mlflow import MlflowClient  # read-only, for the list of logged keys
 
@@ -114,6 +126,7 @@ def analyse(out: Path, nproc: int, cfg, run_id: str, uri: str) -> dict:
         "max_mean_abs_ratio_dev": abs_dev,
         "max_loss_diff": loss_diff,
         "max_all_rank_metric_diff": metric_diff,
+        "max_gap_to_rank0_only": rank0_gap,  # > 0: rank 0's own tokens alone would have given other values
         "regime_metric_keys": [k for k in keys if k.startswith("regime/")],
         "metric_keys": keys,
     }
@@ -147,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         found = analyse(out, a.nproc, cfg, tracker.run_id, uri)
     for key in ("world_size", "logged_world_size", "micro_batches_per_rank", "old_logps_present",
-                "max_mean_abs_ratio_dev", "max_loss_diff", "max_all_rank_metric_diff"):
+                "max_mean_abs_ratio_dev", "max_loss_diff", "max_all_rank_metric_diff", "max_gap_to_rank0_only"):
         print(f"{key:28s} {found[key]}")
     print("regime metric keys in the MLflow run:")
     for k in found["regime_metric_keys"]:
