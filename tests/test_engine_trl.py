@@ -135,5 +135,5 @@ def test_two_processes_train_with_our_objective_and_log_all_rank_metrics(tmp_pat
                for s in ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy")}
     assert regimes <= keys
     assert {"ratio/abs_dev_mean", "loss/policy", "reward/mean", "response/length_mean", "entropy/mean",
-            "batch/zero_adv_group_frac", "perf/step_s"} <= keys
+            "batch/zero_adv_group_frac", "perf/step_s", "eval/micro/accuracy", "eval/micro/pass_at_2"} <= keys
     assert all(KEY.match(k) for k in keys)

@@ -76,6 +76,7 @@ class MlflowBridge(TrainerCallback):
             return
         now = time.time()
         metrics = {k: v for k, v in map_logs(logs).items() if not math.isinf(v)}
-        metrics["perf/step_s"] = (now - self._last) / max(args.logging_steps // self.updates, 1)
+        if "train_runtime" not in logs:  # the closing summary is not a step
+            metrics["perf/step_s"] = (now - self._last) / max(args.logging_steps // self.updates, 1)
         self._last = now
         self.tracker.log_metrics(metrics, step=math.ceil(state.global_step / self.updates))

@@ -94,10 +94,11 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def all_rank_metrics(self, logp, old_logp, adv, mask, entropy) -> dict[str, float]:
-        """Regime metrics and `loss/policy` of the micro-batch over the tokens of every rank."""
+        """Regime metrics, `loss/policy` and `entropy/mean` of the micro-batch over the tokens of every rank."""
         g = [self._gather(t) for t in (logp, old_logp, adv, mask.to(logp.dtype), entropy)]
         per_token, metrics = self.wb_spec.fn(g[0], g[1], g[2], g[3], self.wb_params, entropy=g[4])
         metrics["loss/policy"] = aggregate(per_token, g[3], self.wb_aggregation).item()
+        metrics["entropy/mean"] = ((g[4] * g[3]).sum() / g[3].sum().clamp_min(1)).item()  # TRL's key, gone with its loss
         return metrics
 
     def _record_metrics(self, logp, old_logp, adv, mask, entropy) -> None:

@@ -16,6 +16,7 @@ import torch
 from workbench.config import RunConfig, load_run_config
 from workbench.engines.trl.bridge import MlflowBridge
 from workbench.engines.trl.data import MathReward, build_dataset
+from workbench.engines.trl.evaluation import HeldOutEval
 from workbench.engines.trl.settings import grpo_kwargs
 from workbench.engines.trl.trainer import WorkbenchGRPOTrainer
 from workbench.models import is_micro
@@ -47,7 +48,8 @@ def run(cfg: RunConfig, *, run_id: str, tracking_uri: str | None, output_dir: st
     reward = reward or MathReward(cfg)
     trainer = trainer_cls(
         model=model, reward_funcs=[reward], args=args, train_dataset=build_dataset(cfg, chat=chat),
-        processing_class=tokenizer, callbacks=[MlflowBridge(run_id, tracking_uri, cfg.updates_per_rollout)],
+        processing_class=tokenizer,
+        callbacks=[MlflowBridge(run_id, tracking_uri, cfg.updates_per_rollout), HeldOutEval(cfg, tokenizer, run_id, tracking_uri)],
         objective=cfg.objective.name, params=cfg.objective.build_params(), aggregation=cfg.objective.aggregation,
     )
     try:
