@@ -89,10 +89,10 @@ def test_dry_run_prints_the_torchrun_command_and_writes_nothing(tmp_path, capsys
 def test_trl_logs_map_onto_our_keys():
     logs = {"reward": 0.5, "completions/mean_length": 7.0, "frac_reward_zero_std": 0.25, "entropy": 1.5,
             "grad_norm": 2.0, "clip_ratio/low_mean": 0.1, "regime/neg_up/clip_frac": None, "rewards/x/std": None,
-            "ratio/mean": 1.01, "train/accuracy": 0.5}
+            "ratio/mean": 1.01, "train/accuracy": 0.5, "entropy/mean": 1.25}
     got = map_logs(logs)
     assert got["reward/mean"] == 0.5 and got["response/length_mean"] == 7.0 and got["batch/zero_adv_group_frac"] == 0.25
-    assert got["entropy/mean"] == 1.5 and got["grad/norm"] == 2.0 and got["trl/clip_ratio/low_mean"] == 0.1
+    assert got["entropy/mean"] == 1.25 and got["trl/entropy"] == 1.5 and got["grad/norm"] == 2.0 and got["trl/clip_ratio/low_mean"] == 0.1
     assert math.isnan(got["regime/neg_up/clip_frac"]) and "trl/rewards/x/std" not in got
     assert all(KEY.match(k) for k in got)
 
@@ -137,3 +137,15 @@ def test_two_processes_train_with_our_objective_and_log_all_rank_metrics(tmp_pat
     assert {"ratio/abs_dev_mean", "loss/policy", "reward/mean", "response/length_mean", "entropy/mean",
             "batch/zero_adv_group_frac", "perf/step_s", "eval/micro/accuracy", "eval/micro/pass_at_2"} <= keys
     assert all(KEY.match(k) for k in keys)
+
+
+def test_overlong_penalty_is_the_local_one_as_a_trl_reward():
+    import torch
+
+    from workbench.advantages import overlong_penalty
+    from workbench.engines.trl.data import OverlongPenalty
+
+    cfg = cfg_of(overlong={"enabled": True, "buffer": 4, "factor": 1.0}, rollout={"max_new_tokens": 10})
+    ids = [[1] * n for n in (3, 6, 8, 10)]
+    got = OverlongPenalty(cfg)(prompts=[""] * 4, completions=[""] * 4, completion_ids=ids)
+    assert got == overlong_penalty(torch.tensor([3, 6, 8, 10]), 10, 4, 1.0).tolist() == [0.0, 0.0, -0.5, -1.0]

@@ -16,17 +16,17 @@ from transformers import TrainerCallback
 
 from workbench import tracking
 
-# TRL key -> our key; our own keys (regime/..., ratio/..., loss/policy, response/..., train/accuracy)
-# pass through; every other TRL key is kept as trl/<key>.
+# TRL key -> our key; our own keys (regime/..., ratio/..., loss/policy, entropy/mean, response/...,
+# train/accuracy, eval/...) pass through; every other TRL key is kept as trl/<key>. TRL's `entropy`
+# comes only from its own loss, which our trainer replaces; ours is `entropy/mean` over all ranks.
 TRL_KEYS = {
     "reward": "reward/mean",
     "completions/mean_length": "response/length_mean",
     "completions/clipped_ratio": "response/truncated_frac",
     "frac_reward_zero_std": "batch/zero_adv_group_frac",
-    "entropy": "entropy/mean",
     "grad_norm": "grad/norm",
 }
-OWN_PREFIXES = ("regime/", "ratio/", "loss/", "response/", "train/", "reward/")
+OWN_PREFIXES = ("regime/", "ratio/", "loss/", "entropy/", "response/", "train/", "reward/", "eval/")
 
 
 def map_key(key: str) -> str:

@@ -115,13 +115,11 @@ def analyse(out: Path, nproc: int, cfg, run_id: str, uri: str) -> dict:
         for rec in calls:
             metric_diff = max(metric_diff, _max_gap(rec["metrics"], want))
         rank0_gap = max(rank0_gap, _max_gap(first["metrics"], rank0))
-    run = tracking.run_info(run_id, uri)
-    from mlflow import MlflowClient  # read-only, for the list of logged keys
-
-    keys = sorted(MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics)
+    run = tracking.resolve_run(run_id, uri)  # as `dispo-wb report` reads it
+    keys = sorted(run.metric_keys)
     return {
         "world_size": [r["world_size"] for r in ranks],
-        "logged_world_size": run["tags"].get("trl.world_size"),
+        "logged_world_size": run.tags.get("trl.world_size"),
         "micro_batches_per_rank": [len(r["records"]) for r in ranks],
         "old_logps_present": all(len(r["records"]) > 0 for r in ranks),
         "max_mean_abs_ratio_dev": abs_dev,

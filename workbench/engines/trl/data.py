@@ -85,3 +85,22 @@ class MathReward:
                 log_metric("reward/timeout_frac", float(timed_out))
                 log_metric("reward/crash_frac", float(crashed))
         return list(result.rewards)
+
+
+class OverlongPenalty:
+    """DAPO's soft overlong punishment (`workbench.advantages.overlong_penalty`) as a second TRL reward,
+    which TRL adds to the math reward before the group advantages, as the local trainer does."""
+
+    __name__ = "overlong_penalty"
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    def __call__(self, prompts, completions, completion_ids, **_: Any) -> list[float]:
+        import torch
+
+        from workbench.advantages import overlong_penalty
+
+        o = self.cfg.overlong
+        lengths = torch.tensor([len(ids) for ids in completion_ids])
+        return overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, o.buffer, o.factor).tolist()

@@ -52,8 +52,6 @@ def refusals(cfg: RunConfig) -> list[str]:
                    "set rollout_lag=0 and make the updates off-policy with updates_per_rollout")
     if cfg.dynamic_sampling:
         out.append("trl engine: dynamic_sampling is not supported; set dynamic_sampling=false")
-    if cfg.overlong.enabled:
-        out.append("trl engine: the soft overlong penalty is not supported; set overlong.enabled=false")
     return out
 
 

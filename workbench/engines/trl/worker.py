@@ -15,7 +15,7 @@ import torch
 
 from workbench.config import RunConfig, load_run_config
 from workbench.engines.trl.bridge import MlflowBridge
-from workbench.engines.trl.data import MathReward, build_dataset
+from workbench.engines.trl.data import MathReward, OverlongPenalty, build_dataset
 from workbench.engines.trl.evaluation import HeldOutEval
 from workbench.engines.trl.settings import grpo_kwargs
 from workbench.engines.trl.trainer import WorkbenchGRPOTrainer
@@ -47,7 +47,7 @@ def run(cfg: RunConfig, *, run_id: str, tracking_uri: str | None, output_dir: st
     chat = not is_micro(cfg.model.name) and bool(getattr(tokenizer, "chat_template", None))
     reward = reward or MathReward(cfg)
     trainer = trainer_cls(
-        model=model, reward_funcs=[reward], args=args, train_dataset=build_dataset(cfg, chat=chat),
+        model=model, reward_funcs=[reward, *([OverlongPenalty(cfg)] if cfg.overlong.enabled else [])], args=args, train_dataset=build_dataset(cfg, chat=chat),
         processing_class=tokenizer,
         callbacks=[MlflowBridge(run_id, tracking_uri, cfg.updates_per_rollout), HeldOutEval(cfg, tokenizer, run_id, tracking_uri)],
         objective=cfg.objective.name, params=cfg.objective.build_params(), aggregation=cfg.objective.aggregation,
