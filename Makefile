@@ -15,8 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,report,trl]'
 	touch $@
 
+# The first run: two trials that differ in one bound (studies/demo.yaml), their report, where to look.
 demo: install
-	$(VENV)/bin/dispo-wb sweep studies/smoke.yaml
+	$(VENV)/bin/dispo-wb sweep studies/demo.yaml
+	$(VENV)/bin/dispo-wb report demo --no-png
+	@echo "look first: reports/demo/index.html (summary: final accuracy, gain and each collapse criterion per trial)"
+	@echo "  open the report:  python3 -m webbrowser reports/demo/index.html"
+	@echo "  open MLflow:      $(VENV)/bin/dispo-wb ui    # then http://127.0.0.1:5000, experiment dispo-wb-demo"
 
 test: install
 	$(PY) -m pytest -q

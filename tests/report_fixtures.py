@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from workbench.collapse import detect_collapse
 from workbench.config import CollapseConfig
-from workbench.reporting.runs import REGIMES
+from workbench.names import REGIMES
 from workbench.study import BOUNDS, parse_direction
 MAX_LEN = 48
 
@@ -106,8 +106,7 @@ def log_run(client: MlflowClient, experiment_id: str, run: FakeRun, *, t0_ms: in
         all_tags["mlflow.parentRunId"] = parent_run_id
     if run.regime_metrics:
         steps = list(range(1, run.steps + 1))
-        verdict = detect_collapse(steps, values["response/repetition_rate"], values["response/length_mean"],
-                                  CollapseConfig())
+        verdict = detect_collapse(steps, values, CollapseConfig())
         if verdict.kind:
             all_tags |= {"collapse": verdict.kind, "collapse_step": str(verdict.onset_step)}
     else:

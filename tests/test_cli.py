@@ -3,6 +3,10 @@
 Run: pytest tests/test_cli.py
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -30,14 +34,78 @@ def test_objectives_lists_every_objective_with_defaults():
     (["--set", "rollout.group_size=eight"], "rollout.group_size: Input should be a valid integer"),
     (["--set", "lr=[1"], "not valid YAML"),
     (["--set", "steps=3", "--resume", "abc"], "--set cannot change a resumed run"),
+    (["--eps-neg-up", "nan"], "eps_neg_up must be a number >= 0"),
+    (["--set", "rollout.group_size=1"], "rollout.group_size: Input should be greater than or equal to 2"),
+    # Refused up front since issue 16; each used to open a run and then fail, or to run to the end.
+    (["--lr", "1e400"], "lr: Input should be a finite number"),
+    (["--set", "lr=.inf"], "lr: Input should be a finite number"),
+    (["--set", "reward_timeout_s=.inf"], "reward_timeout_s: Input should be a finite number"),
+    (["--set", "rollout.temperature=.inf"], "rollout.temperature: Input should be a finite number"),
+    (["--set", "eval.benchmarks=[micro, gsm9k]"], "eval.benchmarks: unknown benchmark 'gsm9k'; valid: micro, aime24"),
+    (["--set", "eval.benchmarks=[file:nowhere/x.jsonl]"], "eval.benchmarks: benchmark file 'nowhere/x.jsonl' does not exist"),
+    (["--experiment", ""], "experiment: String should have at least 1 character"),
+    (["--experiment", "  "], "experiment: String should match pattern"),
+    (["--seed", str(2**64)], "seed: Input should be less than or equal to 4294967295"),
+    (["--seed", "-1"], "seed: Input should be greater than or equal to 0"),
 ])
 def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     out = runner.invoke(app, ["train", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *args])
+    _refused(out, message, tmp_path)
+
+
+def _refused(out, message: str, tmp_path) -> None:
+    """One `error:` line holding `message`, exit 2, and no store, lock or cache written."""
     assert out.exit_code == 2, out.output
-    assert message in out.output
-    assert len([line for line in out.output.splitlines() if line.startswith("error:")]) == 1
-    assert not (tmp_path / "m.db").exists() and not (tmp_path / ".cache").exists()
+    errors = [line for line in out.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.output
+    assert "Traceback" not in out.output
+    assert not list(tmp_path.rglob("*.db*")) and not (tmp_path / ".cache").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"steps: 3\nrun_name: caf\xe9\n", "not UTF-8 text"),
+    (b"- steps: 3\n", "must be a mapping of config fields, got list"),
+    (b"steps: [3\n", "not valid YAML"),
+])
+def test_bad_config_file_is_refused(tmp_path, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(content)
+    out = runner.invoke(app, ["train", "--config", str(cfg), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    _refused(out, message, tmp_path)
+
+
+def test_store_in_a_folder_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    out = runner.invoke(app, ["train", "--tracking-uri", f"sqlite:///{tmp_path}/afile/m.db"])
+    _refused(out, "is a file, not a folder", tmp_path)
+    out = runner.invoke(app, ["train", "--tracking-uri", f"sqlite:///{tmp_path}/nowhere/m.db"])
+    _refused(out, f"folder {tmp_path}/nowhere does not exist", tmp_path)
+    (tmp_path / "adir.db").mkdir()
+    out = runner.invoke(app, ["train", "--tracking-uri", f"sqlite:///{tmp_path}/adir.db"])
+    assert out.exit_code == 2 and "is not a file" in out.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_store_in_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    out = runner.invoke(app, ["train", "--tracking-uri", f"sqlite:///{locked}/m.db"])
+    assert out.exit_code == 2 and f"folder {locked} is not writable" in out.output
+
+
+def test_refusing_a_bad_input_imports_neither_torch_nor_mlflow(tmp_path):
+    """The bottom layer at work: parsing and validating a run config stays light (< 1 s to refuse)."""
+    code = ("import sys; from typer.testing import CliRunner; from workbench.cli import app; "
+            f"out = CliRunner().invoke(app, ['train', '--tracking-uri', 'sqlite:///{tmp_path}/m.db', '--lr', 'inf']); "
+            "assert out.exit_code == 2, out.output; "
+            "print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_yaml_type_error_names_the_field(tmp_path):

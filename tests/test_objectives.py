@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 
 from workbench import objectives as obj
+from workbench import params as declared_params
 from workbench.objectives import (
     ClipParams,
     DispoParams,
@@ -383,6 +384,7 @@ def test_duplicate_registration_raises():
             register_objective("tmp_probe", params_cls=ClipParams, aggregation="token_mean", paper="x")
     finally:
         obj._REGISTRY.pop("tmp_probe", None)
+        declared_params._DECLARED.pop("tmp_probe", None)
     with pytest.raises(ValueError, match="aggregation"):
         register_objective("tmp_bad", params_cls=ClipParams, aggregation="mean", paper="x")
 

@@ -25,6 +25,7 @@ from workbench import report, tracking
 from workbench.cli_report import register
 from workbench.collapse import BASELINE_STEPS
 from workbench.errors import UserError
+from workbench.names import REGIMES
 from workbench.reporting import clip_space, curves, runs
 from workbench.reporting.runs import Marker
 
@@ -112,19 +113,13 @@ def test_a_step_logged_twice_keeps_the_later_value_and_nan_survives(store):
 def test_exploration_info_has_every_regime_over_every_step(store):
     run = _one(store, "normal-run")
     info = curves._get_exploration_info([run], "eval/micro/accuracy")
-    assert info.rows[0].labels == ("all tokens", *runs.REGIMES)
-    assert [r.keys for r in info.rows[1:]] == [tuple(f"regime/{g}/{m}" for g in runs.REGIMES)
+    assert info.rows[0].labels == ("all tokens", *REGIMES)
+    assert [r.keys for r in info.rows[1:]] == [tuple(f"regime/{g}/{m}" for g in REGIMES)
                                                for m in ("clip_frac", "token_frac")]
     panel = info.runs[0]
     assert info.missing == ()
     assert {k: len(c.steps) for k, c in panel.curves.items()} == {k: 40 for row in info.rows for k in row.keys}
     assert panel.curves["regime/neg_up/clip_frac"].steps[0] == 1  # train steps only, from 1
-
-
-def test_regimes_match_the_trainers():
-    from workbench.regimes import REGIMES
-
-    assert runs.REGIMES == REGIMES
 
 
 @pytest.mark.parametrize("name,kind,onset", [("rep-run", "repetition", 20), ("len-run", "length", 25)])
@@ -136,7 +131,9 @@ def test_collapse_onset_and_kind_come_from_the_run(store, name, kind, onset):
     untagged = dataclasses.replace(run, tags={k: v for k, v in run.tags.items() if not k.startswith("collapse")})
     assert runs.collapse_marker(untagged) == Marker(kind, onset, "detected")
     length = run.metrics["response/length_mean"].values
-    assert info.runs[0].guides == pytest.approx({0: 0.5, 1: 0.35 * length[:BASELINE_STEPS].mean()})
+    guides = {(g.row, g.text.split()[0]): g.value for g in info.runs[0].guides}
+    assert guides == pytest.approx({(0, "collapse"): 0.5, (1, "collapse"): 0.35 * length[:BASELINE_STEPS].mean(),
+                                    (2, "collapse"): 0.5})  # the fixtures log no rollout.max_new_tokens: no cap line
 
 
 def test_a_healthy_run_has_no_collapse_marker(store):
@@ -211,12 +208,14 @@ def test_pair_heatmap_means_and_collapse_marks(store):
 def test_parallel_coordinates_cover_the_four_bounds_and_collapse(store):
     study = _runs(store, "clip-mini")
     info = clip_space._get_parallel_info(study.runs, "eval/micro/accuracy")
-    assert [d.label for d in info.dims] == ["pos_up (log)", "pos_down", "neg_up (log)", "neg_down", "collapse"]
-    assert info.dims[3].ticktext == ("0.05", "0.2", "off")
+    # pos_down is 0.2 in every trial: no axis for a bound that was never varied.
+    assert [d.label for d in info.dims] == ["pos_up (log)", "neg_up (log)", "neg_down", "collapse"]
+    assert info.dims[2].ticktext == ("0.05", "0.2", "off")
+    assert info.dims[-1].range == (0.0, 4.0) and info.dims[-1].ticktext[1] == "repetition"
     assert len(info.color) == len(study.runs) == len(info.run_ids)
     collapse = dict(zip(info.run_ids, info.dims[-1].values))
     collapsed = {i for t in store.study.collapsed_trials for i in store.study.trial_runs[t]}
-    assert {i for i, v in collapse.items() if v == 2} == collapsed
+    assert {i for i, v in collapse.items() if v == 1} == collapsed  # 1: repetition
 
 
 def test_parallel_coordinates_leave_out_runs_of_unknown_objectives(store):
@@ -284,7 +283,7 @@ def test_bounds_of_ppo_family_runs_map_onto_both_signs(store):
 # ---- the page ----
 
 
-def test_study_report_is_one_self_contained_page_plus_figure_files(store, tmp_path):
+def test_study_report_is_one_page_plus_figure_files_with_one_plotly_js(store, tmp_path, monkeypatch):
     (tmp_path / "clip-mini").mkdir()
     (tmp_path / "clip-mini" / "index.html").write_text("an older report")
     (tmp_path / "clip-mini" / "pareto.html").write_text("a figure this study does not have")
@@ -293,14 +292,23 @@ def test_study_report_is_one_self_contained_page_plus_figure_files(store, tmp_pa
     assert not (index.parent / "pareto.html").exists()
     assert index == tmp_path / "clip-mini" / "index.html"
     head = report.get_plotlyjs()[:200]
-    assert page.count(head) == 1 and "<script src=" not in page  # plotly.js embedded once, nothing fetched
+    # One copy of plotly.js in the folder, loaded from beside the page (offline, nothing fetched).
+    assert head not in page and page.count('<script src="plotly.min.js">') == 1
+    assert sum(head in p.read_text() for p in index.parent.iterdir() if p.suffix in (".js", ".html")) == 1
     names = ["exploration", "collapse", "learning", "parallel", "pair", "importance"]
     for name in names:
         assert f'id="fig-{name}"' in page
         assert f'id="fig-{name}"' in (index.parent / f"{name}.html").read_text()
     assert (index.parent / "plotly.min.js").stat().st_size > 1_000_000
-    artifacts = {a.path for a in MlflowClient(store.uri).list_artifacts(store.study.parent_run_id, "report")}
+    client = MlflowClient(store.uri)
+    artifacts = {a.path for a in client.list_artifacts(store.study.parent_run_id, "report")}
     assert "report/index.html" in artifacts and "report/learning.html" in artifacts
+    # The same report again (a minute later, say): nothing new is uploaded.
+    digest = client.get_run(store.study.parent_run_id).data.tags["dispo.report_digest"]
+    uploads = []
+    monkeypatch.setattr(MlflowClient, "log_artifacts", lambda self, *a, **k: uploads.append(a))
+    report.make_report("clip-mini", tracking_uri=store.uri, out_dir=tmp_path, png=False)
+    assert uploads == [] and client.get_run(store.study.parent_run_id).data.tags["dispo.report_digest"] == digest
 
 
 def test_report_of_a_run_without_regime_metrics_says_what_is_missing(store, tmp_path):

@@ -25,6 +25,8 @@ LIMIT_S = 0.5
 # Starting a replacement worker and reading replies costs far less than this on any machine
 # we run on; the bound is loose because the test machine's two cores are shared.
 SLACK_S = 1.5
+# A fresh worker scores math-verify's warm-up answers before it reports ready: ~0.1 s idle, ~1 s busy.
+WARM_UP_S = 1.0
 
 # Both hang for minutes inside math-verify: a tower of powers (C-level big-integer arithmetic)
 # and 100 kB of nested brackets (the LaTeX parser).
@@ -120,8 +122,9 @@ def test_adversarial_answers_are_bounded_and_counted():
         result = pool.score(responses, ["15"] * len(responses))
         elapsed = time.monotonic() - start
 
-        # One worker meets both hangs in turn: each may use the full limit, no more.
-        assert elapsed < 2 * LIMIT_S + SLACK_S
+        # One worker meets both hangs in turn: each is tried twice, each try may use the full limit,
+        # and each of the four replacements warms up before it takes an answer.
+        assert elapsed < 4 * (LIMIT_S + WARM_UP_S) + SLACK_S
         assert result.timed_out == [False, True, True, False, False]
         assert result.rewards == [1.0, 0.0, 0.0, 0.0, 1.0]
         assert result.metrics() == {"reward/timeout_frac": 2 / 5, "reward/crash_frac": 0.0}
@@ -131,16 +134,60 @@ def test_adversarial_answers_are_bounded_and_counted():
         assert again.rewards == [1.0, 0.0] and not any(again.timed_out)
 
 
-def test_timed_out_answer_is_remembered():
+def test_timed_out_answer_is_retried_and_not_remembered():
     with RewardPool(workers=1, timeout_s=LIMIT_S) as pool:
         before = pool.pids
+        start = time.monotonic()
         assert pool.score([POWER_TOWER], ["1"]).timed_out == [True]
+        assert time.monotonic() - start >= 2 * LIMIT_S  # a second try on a fresh worker before it scores 0
         replaced = pool.pids
         assert replaced != before
 
-        # A repeat is answered from the memo: no second wait, no second kill.
+        # A timeout is not a score: a repeat is scored again (and times out again), not read from the memo.
         assert pool.score([POWER_TOWER, r"\boxed{1}"], ["1", "1"]).timed_out == [True, False]
-        assert pool.pids == replaced
+        assert pool.pids != replaced
+
+
+def slow_the_first_time(response: str, gold: str, *, marker: str) -> float | None:
+    """Scorer that stalls far past the limit on its first answer ever (a stand-in for a busy machine)."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        time.sleep(60)
+    return score_answer(response, gold)
+
+
+def test_answer_that_overran_once_scores_on_its_retry(tmp_path):
+    scorer = functools.partial(slow_the_first_time, marker=str(tmp_path / "stalled"))
+    with RewardPool(workers=1, timeout_s=LIMIT_S, scorer=scorer) as pool:
+        result = pool.score([r"\boxed{15}", r"\boxed{14}"], ["15", "15"])
+        assert result.rewards == [1.0, 0.0] and result.timed_out == [False, False]
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def test_no_correct_answer_times_out_under_cpu_load():
+    """Four busy processes on the cores, a fresh pool each round at the default 2 s limit: every
+    correct answer scores 1 (the first answer a fresh worker scores used to take up to 2 s here)."""
+    import multiprocessing as mp
+
+    answers = [(r"\boxed{15}", "15"), (r"\boxed{\frac{1}{2}}", "0.5"), (r"3+4=7;7+8=15;\boxed{15}", "15"),
+               (r"\boxed{1/4}", "0.25"), (r"\boxed{0.25}", r"\frac{1}{4}"), (r"\boxed{-3}", "-3")]
+    busy = [mp.get_context("fork").Process(target=_spin, daemon=True) for _ in range(4)]
+    for p in busy:
+        p.start()
+    try:
+        for _ in range(3):
+            with RewardPool(workers=2, timeout_s=2.0) as pool:
+                result = pool.score([r for r, _ in answers], [g for _, g in answers])
+            assert not any(result.timed_out), result
+            assert result.rewards == [1.0] * len(answers)
+    finally:
+        for p in busy:
+            p.kill()
+            p.join()
 
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])

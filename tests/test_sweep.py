@@ -217,3 +217,23 @@ def test_smoke_study_runs_on_the_real_trainer(tmp_path, tracking_uri):
         assert seed_run.data.tags["mlflow.parentRunId"] == t.user_attrs["mlflow_run_id"]
         assert seed_run.data.params["objective.params.eps_neg_up"] == str(t.params["eps_neg_up"])
         assert t.value == pytest.approx(seed_run.data.metrics["eval/micro/accuracy"])
+
+
+def test_mlflow_tree_names_seed_runs_and_holds_the_space_and_the_best_trial(tmp_path, tracking_uri):
+    path = write_study(tmp_path, "named", {"eps_neg_up": [0.01, 0.3]}, seeds=[0, 1])
+    result = sweep.run_study(load_study_file(path), tracking_uri=tracking_uri, train_fn=FAKE, echo=lambda s: None)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("exp-named")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.params["space.eps_neg_up"] == "objective.params.eps_neg_up: 0.01, 0.3"
+    assert parent.data.params["seeds"] == "0,1" and parent.data.params["n_trials"] == "2"
+    best = next(t for t in trials_of(path) if t.state == TrialState.COMPLETE)
+    assert parent.data.metrics["best/value"] == pytest.approx(best.value)
+    assert parent.data.metrics["best/trial"] == best.number and parent.data.tags["dispo.best_trial"] == str(best.number)
+    assert parent.data.tags["dispo.best_params"] == "eps_neg_up=0.3"
+    for t in trials_of(path):
+        trial_run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert trial_run.data.tags["collapse"] == ("repetition" if t.params["eps_neg_up"] == 0.01 else "none")
+        for seed, info in t.user_attrs["seeds"].items():
+            assert client.get_run(info["run_id"]).info.run_name == f"named-t{t.number:04d}-s{seed}"

@@ -20,7 +20,9 @@ DESIGN_KEYS = [f"regime/{r}/{s}" for r in ("pos_up", "pos_down", "neg_up", "neg_
     "ratio/abs_dev_mean", "entropy/mean", "loss/policy", "grad/norm", "ratio/mean", "ratio/max",
     "response/length_mean", "response/length_correct", "response/length_incorrect", "response/truncated_frac",
     "response/repetition_rate", "reward/mean", "train/accuracy", "batch/zero_adv_group_frac",
-    "perf/rollout_tokens_per_s", "perf/step_s", "reward/timeout_frac"]
+    "perf/rollout_tokens_per_s", "perf/step_s", "reward/timeout_frac",
+    "perf/generate_s", "perf/reward_s", "perf/old_logp_s", "perf/update_s", "perf/tracking_s",
+    "perf/rollout_positions_per_s", "perf/update_tokens_per_s"]
 
 
 def tiny_config(**over):
@@ -127,7 +129,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkey
 @pytest.mark.parametrize("objective", ["dispo", "grpo", "dr_grpo"])  # token_mean, seq_mean_token_mean, sum_norm
 def test_micro_batches_accumulate_to_the_same_update(tmp_path, monkeypatch, objective):
     # Plain SGD and no clipping: Adam and clipping would hide a wrongly scaled gradient.
-    monkeypatch.setattr(trainer_mod.torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr))
+    monkeypatch.setattr(trainer_mod.torch.optim, "AdamW", lambda params, lr, weight_decay, **_: torch.optim.SGD(params, lr=lr))
     uri = f"sqlite:///{tmp_path}/m.db"
     states = []
     for i, micro in enumerate([None, 3]):
@@ -137,3 +139,27 @@ def test_micro_batches_accumulate_to_the_same_update(tmp_path, monkeypatch, obje
                   tracking_uri=uri, progress=False, checkpoint_root=ck)
         states.append(torch.load(os.path.join(ck, r.run_id, "state.pt"), weights_only=False)["policy"])
     assert all(torch.allclose(states[0][k], states[1][k], atol=1e-5) for k in states[0])
+
+
+def test_phase_times_add_up_to_at_most_the_step(store):
+    uri, ck = store
+    result = train(tiny_config(steps=2), tracking_uri=uri, progress=False, checkpoint_root=ck)
+    c = MlflowClient(uri)
+    for step in (1, 2):
+        phases = [dict(history(c, result.run_id, f"perf/{p}_s"))[step] for p in ("generate", "reward", "old_logp", "update")]
+        total = dict(history(c, result.run_id, "perf/step_s"))[step]
+        assert all(p > 0 for p in phases) and sum(phases) <= total
+    real = dict(history(c, result.run_id, "perf/rollout_tokens_per_s"))
+    positions = dict(history(c, result.run_id, "perf/rollout_positions_per_s"))
+    assert all(0 < real[s] <= positions[s] for s in (1, 2))
+
+
+def test_checkpoint_holds_only_the_snapshots_rollouts_will_read(store):
+    uri, ck = store
+    # 4 updates per rollout at lag 8: boundaries read the states at 0, 0, 0 (step 3 reads 12 - 8 = 4).
+    result = train(tiny_config(steps=3, rollout_lag=8), tracking_uri=uri, progress=False, checkpoint_root=ck)
+    state = torch.load(os.path.join(ck, result.run_id, "state.pt"), weights_only=False)
+    assert state["updates"] == 12
+    assert [c for c, _ in state["snapshots"]] == [4, 8, 12]
+    # the newest snapshot is the policy itself, stored once
+    assert state["snapshots"][-1][1] is state["policy"]

@@ -10,7 +10,7 @@ import typer
 
 from workbench.cli_common import fail
 from workbench.config import ConfigError
-from workbench.errors import UserError
+from workbench.errors import UserError, disk_full, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ablation workbench for clipped policy-gradient RL of language models on math.")
@@ -53,7 +53,7 @@ def train(
 ) -> None:
     """Run one RL training run and log it to MLflow."""
     from workbench.runs import parse_set_flags, resume_config, run_config_from_cli
-    from workbench.trainer import train as run_training
+    from workbench.stores import check_writable_store
 
     flags = {"objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
              "objective.params.eps_pos_down": eps_pos_down, "objective.params.eps_neg_up": eps_neg_up,
@@ -65,6 +65,7 @@ def train(
         if set_ and resume:
             raise UserError("--set cannot change a resumed run's config; only --steps can")
         settings = parse_set_flags(set_ or [])
+        check_writable_store(tracking_uri)
         if resume:
             cfg = resume_config(resume, tracking_uri, {k: v for k, v in flags.items() if k == "steps"})
         else:
@@ -73,10 +74,18 @@ def train(
         fail(e.lines)
     except UserError as e:
         fail(str(e))
+    from workbench.trainer import train as run_training  # torch loads only for a config that is valid
+
     try:
         result = run_training(cfg, tracking_uri=tracking_uri, resume_run_id=resume, progress=not quiet)
     except UserError as e:
         fail(str(e))
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        fail(f"disk full: {first_line(e)}", code=1)
+    if result.status == "FAILED":  # one line: which run, how far it got, why
+        fail(f"run {result.run_id} failed after {result.steps_done} steps: {result.reason}", code=1)
     ev = ", ".join(f"{k} {v:.3f}" for k, v in result.final_eval.items())
     typer.echo(f"run {result.run_id}: {result.status} after {result.steps_done} steps in {result.wall_s:.0f}s; {ev}")
     if result.collapse:
@@ -84,8 +93,6 @@ def train(
     if result.status == "KILLED":
         typer.echo(f"resume with: dispo-wb train --resume {result.run_id}")
         raise typer.Exit(130)
-    if result.status == "FAILED":
-        fail(f"run failed: {result.reason}", code=1)
 
 
 @app.command("eval")
@@ -111,10 +118,11 @@ def eval_cmd(
 
 
 def _register_extensions() -> None:
-    from workbench import cli_report, cli_sweep
+    from workbench import cli_report, cli_runs, cli_sweep
 
     cli_sweep.register(app)
     cli_report.register(app)
+    cli_runs.register(app)
 
 
 _register_extensions()

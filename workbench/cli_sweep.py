@@ -81,7 +81,7 @@ def status_cmd(
     except UserError as e:
         fail(str(e))
     console = Console()
-    console.print(render_status(info))
+    console.print(render_status(info, console.width))
     if not info.rows:
         console.print(f"study {info.name} has no trials yet")
     elif info.best:
@@ -91,30 +91,40 @@ def status_cmd(
         console.print("no trial has completed yet")
 
 
-def render_status(info) -> Any:
-    """A rich Table of a `sweep.StudyStatus`."""
+RUN_ID_SHORT = 8  # characters of an MLflow run id shown on a narrow terminal (a unique prefix in practice)
+
+
+def render_status(info, width: int = 200) -> Any:
+    """A rich Table of a `sweep.StudyStatus`; under 120 columns run ids are cut to their first 8 characters."""
     from rich.table import Table
 
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(info.counts.items())) or "no trials"
     target = f" of {info.n_trials}" if info.n_trials else ""
-    table = Table(title=f"study {info.name}: {counts}{target}", caption=f"storage {info.storage}")
+    narrow = width < 120
+    caption = f"storage {info.storage}" + ("; run ids: first 8 characters, bounds without eps_ (wider terminal: "
+                                           "full)" if narrow else "")
+    table = Table(title=f"study {info.name}: {counts}{target}", caption=caption, padding=(0, 1 if not narrow else 0),
+                  collapse_padding=True)
     params = sorted({k for r in info.rows for k in r.params})
     table.add_column("#", justify="right")
     table.add_column("state")
     for p in params:
-        table.add_column(p, justify="right", overflow="fold")
+        table.add_column(p.removeprefix("eps_") if narrow else p, justify="right", overflow="fold")
     for label in info.directions:
         table.add_column(_direction_header(label), justify="right", overflow="fold")
-    for name in ("collapse", "MLflow run", "time", "note"):
-        table.add_column(name, overflow="fold")
+    table.add_column("collapse", overflow="fold")
+    table.add_column("MLflow run", no_wrap=True, min_width=RUN_ID_SHORT if narrow else 32)
+    table.add_column("time", no_wrap=True)
+    table.add_column("note", overflow="fold")
     best = set(info.best)
     styles = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
     for r in info.rows:
         values = r.values or [None] * len(info.directions)
         table.add_row(f"{r.number}{'*' if r.number in best else ''}", f"[{styles.get(r.state, '')}]{r.state}",
-                      *[_fmt(r.params.get(p)) for p in params], *[_fmt(v) for v in values],
-                      r.collapse or "", r.run_id or "", f"{r.duration_s:.0f}s" if r.duration_s is not None else "",
-                      r.note)
+                      *[_fmt(r.params.get(p), p) for p in params], *[_fmt(v) for v in values],
+                      r.collapse or ("none" if r.state in ("COMPLETE", "PRUNED") else ""),
+                      (r.run_id or "")[:RUN_ID_SHORT] if narrow else r.run_id or "",
+                      f"{r.duration_s:.0f}s" if r.duration_s is not None else "", r.note)
     return table
 
 
@@ -124,9 +134,13 @@ def _direction_header(label: str) -> str:
     return f"{what} {'↑' if way == 'maximize' else '↓' if way == 'minimize' else way}"
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, name: str = "") -> str:
+    """A value as the report prints it: a switched-off bound (inf, or >= 1 for a lower `*_down` bound) is `off`."""
     if v is None:
         return ""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and name.startswith("eps_"):
+        if math.isinf(v) or (name.endswith("_down") and v >= 1):
+            return "off"
     if isinstance(v, float):
         return "inf" if math.isinf(v) else f"{v:.4g}"
     return str(v)

@@ -3,7 +3,11 @@
 One `RunConfig` describes one training run completely; `dispo-wb train --config FILE`
 reads it, command-line flags override single fields, and the resolved config is logged
 to MLflow so a run can be reproduced from its artifact alone. Unknown keys are errors:
-a typo in a clip bound must not silently fall back to a default.
+a typo in a clip bound must not silently fall back to a default, and neither inf nor NaN
+is a number here except where a field says so (the objective's bounds).
+
+Torch-free by design: validating a config imports only the bottom modules (`params`,
+`names`), so a bad input is refused in well under a second.
 """
 
 from __future__ import annotations
@@ -16,9 +20,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workbench import params as declared
+from workbench.params import HUB_SETS, MICRO_MODELS
+
+# Seeds reach random, numpy and torch; numpy's generators take at most 32 bits.
+MAX_SEED = 2**32 - 1
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):
@@ -33,8 +43,6 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known_micro(cls, v: str) -> str:
-        from workbench.models import MICRO_MODELS
-
         if v.startswith("micro-") and v not in MICRO_MODELS:
             raise ValueError(f"unknown micro model {v!r}; built-in: {', '.join(MICRO_MODELS)} (or a HF id or local path)")
         if v.startswith((".", "/", "~")) and not Path(v).expanduser().is_dir():
@@ -49,7 +57,7 @@ class TaskConfig(Strict):
     max_terms: int = Field(5, ge=2, le=12, description="most terms in a chain")
     digits: int = Field(1, ge=1, le=4, description="digits per term")
     eval_size: int = Field(200, ge=1, description="problems in the fixed held-out set")
-    eval_seed: int = Field(1234, description="seed of the held-out set (never the train seed)")
+    eval_seed: int = Field(1234, ge=0, le=MAX_SEED, description="seed of the held-out set (never the train seed)")
 
     @model_validator(mode="after")
     def _terms_ordered(self) -> "TaskConfig":
@@ -90,6 +98,8 @@ class RolloutConfig(Strict):
 
 
 class ObjectiveConfig(Strict):
+    model_config = ConfigDict(allow_inf_nan=True)  # inf switches a bound off; NaN is refused by the params
+
     name: str = Field("dispo", description="registered objective (dispo-wb objectives lists them)")
     params: dict[str, float | bool | str] = Field(default_factory=dict, description="overrides of the objective's parameters")
     aggregation: str | None = Field(None, description="loss aggregation; None uses the objective's own")
@@ -104,17 +114,13 @@ class ObjectiveConfig(Strict):
 
     @model_validator(mode="after")
     def _known_objective(self) -> "ObjectiveConfig":
-        from workbench import objectives
-
-        objectives.make_params(self.name, dict(self.params))
+        declared.make_params(self.name, dict(self.params))
         if self.aggregation is not None:
-            objectives.check_aggregation(self.aggregation)
+            declared.check_aggregation(self.aggregation)
         return self
 
     def build_params(self):
-        from workbench import objectives
-
-        return objectives.make_params(self.name, dict(self.params))
+        return declared.make_params(self.name, dict(self.params))
 
 
 class OverlongConfig(Strict):
@@ -130,18 +136,34 @@ class EvalConfig(Strict):
     temperature: float = Field(1.0, gt=0, description="sampling temperature for avg@k")
     limit: int | None = Field(None, ge=1, description="evaluate on the first N problems only")
 
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, v: list[str]) -> list[str]:
+        names = ("micro", *HUB_SETS)
+        for name in v:
+            if name.startswith("file:"):
+                path = name.removeprefix("file:").partition("?")[0]
+                if not Path(path).expanduser().is_file():
+                    raise ValueError(f"benchmark file {path!r} does not exist")
+            elif name not in names:
+                raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(names)}, or file:PATH[?question=FIELD&answer=FIELD]")
+        return v
+
 
 class CollapseConfig(Strict):
     repetition_threshold: float = Field(0.5, gt=0, le=1, description="repetition rate above which a step counts as repetitive")
     length_ratio: float = Field(0.35, gt=0, lt=1, description="length below this share of the first steps' mean counts as collapsed")
+    truncation_threshold: float = Field(0.5, gt=0, le=1, description="truncated share at or above which a step counts as runaway length")
+    accuracy_ratio: float = Field(0.25, gt=0, lt=1, description="train accuracy below this share of the first steps' mean counts as a crash")
+    accuracy_min_baseline: float = Field(0.05, ge=0, le=1, description="first steps' mean train accuracy below which no crash is judged")
     patience: int = Field(3, ge=1, description="consecutive steps past a threshold before a run is flagged")
     stop: bool = Field(False, description="end the run when a collapse is flagged")
 
 
 class RunConfig(Strict):
-    experiment: str = Field("dispo-wb", description="MLflow experiment")
+    experiment: str = Field("dispo-wb", min_length=1, pattern=r"\S", description="MLflow experiment (not blank)")
     run_name: str | None = Field(None, description="MLflow run name; default <objective>-<model>-s<seed>")
-    seed: int = Field(0, description="seeds sampling, data order and initialisation")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds sampling, data order and initialisation")
     steps: int = Field(60, ge=1, description="rollout batches (training steps)")
     lr: float = Field(5e-6, gt=0, description="AdamW learning rate for RL (micro-3m: 2e-5 at 16 updates/rollout collapsed)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -214,9 +236,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a YAML mapping; a missing file, a syntax error or a non-mapping is a ConfigError."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{p}: no such file"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{p}: not UTF-8 text (byte {e.start}); a config must be a UTF-8 YAML file"]) from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise ConfigError([f"{p}: cannot be read ({e.strerror}); a config must be a readable YAML file"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

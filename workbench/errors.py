@@ -4,5 +4,24 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def disk_full(e: BaseException) -> bool:
+    """True when `e`, or an exception it was raised from, says the disk (or quota) is full.
+
+    OSError carries ENOSPC/EDQUOT; SQLite's "database or disk is full" reaches us wrapped by
+    SQLAlchemy and MLflow, so the chain is walked and its messages read.
+    """
+    import errno
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(e) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class UserError(ValueError):
     """A problem with what the user asked for; the CLI prints it in one line and exits 2."""

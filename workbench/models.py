@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from workbench.config import ModelConfig
 from workbench.errors import first_line
+from workbench.params import MICRO_MODELS, is_micro  # noqa: F401 - is_micro is part of this module's interface
 from workbench.tasks.micro import BOXED
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -33,27 +33,6 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # answer marker costs one step of generation instead of seven.
 ALPHABET = "0123456789+-*/=;,.(){}\\^# "
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-@dataclass(frozen=True)
-class MicroSpec:
-    hidden: int
-    layers: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-
-
-MICRO_MODELS: dict[str, MicroSpec] = {
-    "micro-0.5m": MicroSpec(hidden=128, layers=2, intermediate=512, heads=4, kv_heads=4),
-    "micro-3m": MicroSpec(hidden=256, layers=4, intermediate=640, heads=4, kv_heads=4),
-    # 15M parameters do not fit in hidden 256 at 4 layers; width is cheaper than depth on CPU.
-    "micro-15m": MicroSpec(hidden=512, layers=4, intermediate=1792, heads=8, kv_heads=8),
-}
-
-
-def is_micro(name: str) -> bool:
-    return name in MICRO_MODELS
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:

@@ -41,60 +41,18 @@ Where this code departs from the papers, and why:
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Callable, NamedTuple
 
 import torch
 
+from workbench.params import (AGGREGATIONS, ClipParams, DispoParams, ObjectiveParams,  # noqa: F401 - re-exported
+                              check_aggregation, declare_objective, objective_params)
+from workbench.params import make_params as make_params  # noqa: F401 - one name for callers of the registry
 from workbench.regimes import regime_metrics
 
 LOG_RATIO_CLAMP = 20.0
-AGGREGATIONS: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
-
-
-# --- parameters -------------------------------------------------------------------------
-
-
-def _check_offset(owner: object, name: str) -> None:
-    value = getattr(owner, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-        raise ValueError(
-            f"{type(owner).__name__}.{name} must be a number >= 0 (an offset from 1; "
-            f"math.inf switches an upper bound off, >= 1 a lower bound), got {value!r}"
-        )
-    object.__setattr__(owner, name, float(value))
-
-
-@dataclass(frozen=True)
-class ClipParams:
-    """Clip bounds [1 - eps_low, 1 + eps_high] of the PPO family and CISPO."""
-
-    eps_low: float = 0.2  # lower bound 1 - eps_low; eps_low >= 1 switches it off
-    eps_high: float = 0.2  # upper bound 1 + eps_high; math.inf switches it off
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_offset(self, f.name)
-
-
-@dataclass(frozen=True)
-class DispoParams:
-    """DISPO's four per-regime bounds (DESIGN.md section 1), each an offset from 1."""
-
-    eps_pos_up: float = 0.2  # correct responses, r >= 1: w <= 1 + eps_pos_up (inf: off)
-    eps_pos_down: float = 0.2  # correct responses, r < 1: w >= 1 - eps_pos_down (>= 1: off)
-    eps_neg_up: float = 0.2  # incorrect responses, r >= 1: w <= 1 + eps_neg_up (inf: off)
-    eps_neg_down: float = 0.2  # incorrect responses, r < 1: w >= 1 - eps_neg_down (>= 1: off)
-    mask_mode: bool = False  # drop tokens outside their bound instead of clipping (CISPO Eq. 7 style)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name != "mask_mode":
-                _check_offset(self, f.name)
-        if not isinstance(self.mask_mode, bool):
-            raise ValueError(f"DispoParams.mask_mode must be true or false, got {self.mask_mode!r}")
 
 
 # --- registry -----------------------------------------------------------------------------
@@ -126,24 +84,31 @@ _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
 def register_objective(
-    name: str, *, params_cls: type, aggregation: str, paper: str, defaults: dict[str, Any] | None = None
+    name: str, *, paper: str, params_cls: type | None = None, aggregation: str | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Terms]], ObjectiveFn]:
     """Register `core(logp, old_logp, adv, mask, params) -> Terms` under `name`.
 
     The core receives validated (B, T) tensors: padding zeroed, `adv` expanded and
     detached, `old_logp` detached, `mask` bool. The decorator returns the public function
-    (validation, masking, metrics); `defaults` overrides fields of `params_cls()`.
+    (validation, masking, metrics). A built-in objective's parameter class, aggregation and
+    defaults are declared in `workbench.params`; a new one passes them here (`defaults`
+    overrides fields of `params_cls()`) and they are declared there.
     """
     if not re.fullmatch(r"[a-z0-9_]+", name):
         raise ValueError(f"objective name must match [a-z0-9_]+, got {name!r}")
     if name in _REGISTRY:
         raise ValueError(f"objective {name!r} is already registered")
-    check_aggregation(aggregation)
-    default_params = params_cls(**(defaults or {}))
+    new = params_cls is not None
+    declared = (ObjectiveParams(params_cls, check_aggregation(aggregation or ""), dict(defaults or {})) if new
+                else objective_params(name))
+    params_cls, aggregation, default_params = declared.params_cls, declared.aggregation, declared.default_params
 
     def decorator(core: Callable[..., Terms]) -> ObjectiveFn:
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} is already registered")
+        if new:
+            declare_objective(name, declared)
 
         def objective(logp, old_logp, advantages, mask, params=None, entropy=None):
             if params is None:
@@ -176,20 +141,6 @@ def get_spec(name: str) -> ObjectiveSpec:
 
 def get_objective(name: str) -> ObjectiveFn:
     return get_spec(name).fn
-
-
-def make_params(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The objective's params: its defaults with `overrides` (field name -> value) applied."""
-    spec = get_spec(name)
-    types = {f.name: f.type for f in fields(spec.params_cls)}
-    for key, value in (overrides or {}).items():
-        if key not in types:
-            raise ValueError(f"unknown parameter {key!r} for objective {name!r}; allowed: {', '.join(types)}")
-        want_bool = types[key] in (bool, "bool")
-        if want_bool != isinstance(value, bool):
-            kind = "true or false" if want_bool else "a number >= 0 (inf allowed)"
-            raise ValueError(f"parameter {key!r} of objective {name!r} must be {kind}, got {value!r}")
-    return replace(spec.default_params, **(overrides or {}))
 
 
 def describe_objectives() -> list[dict[str, Any]]:
@@ -260,12 +211,6 @@ def _prepare(logp, old_logp, advantages, mask, entropy):
     return logp, old_logp, adv, m
 
 
-def check_aggregation(mode: str) -> str:
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation mode {mode!r}; valid: {', '.join(AGGREGATIONS)}")
-    return mode
-
-
 def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean") -> torch.Tensor:
     """Reduce a (B, T) per-token loss over mask (B, T) to a scalar.
 
@@ -317,40 +262,31 @@ def _clipped_is_weight(logp, ratio, adv, lo, hi, mask_mode: bool) -> Terms:
     return Terms(-weight * adv * logp, r, weight, outside)
 
 
-@register_objective("grpo", params_cls=ClipParams, aggregation="seq_mean_token_mean", paper="DeepSeekMath (GRPO), arXiv 2402.03300")
+@register_objective("grpo", paper="DeepSeekMath (GRPO), arXiv 2402.03300")
 def grpo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
     """GRPO: PPO-clip `-min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)`, sequence-mean aggregation."""
     return _ppo_clip(_ratio(logp, old_logp), adv, params)
 
 
-@register_objective("dr_grpo", params_cls=ClipParams, aggregation="seq_mean_token_sum_norm", paper="Dr.GRPO, arXiv 2503.20783")
+@register_objective("dr_grpo", paper="Dr.GRPO, arXiv 2503.20783")
 def dr_grpo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
     """Dr.GRPO: PPO-clip, loss summed and divided by B * T (advantages without std: trainer)."""
     return _ppo_clip(_ratio(logp, old_logp), adv, params)
 
 
-@register_objective(
-    "dapo", params_cls=ClipParams, aggregation="token_mean", paper="DAPO, arXiv 2503.14476",
-    defaults={"eps_low": 0.2, "eps_high": 0.28},
-)
+@register_objective("dapo", paper="DAPO, arXiv 2503.14476")
 def dapo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
     """DAPO: PPO-clip with clip-higher (eps_high 0.28), token-mean aggregation."""
     return _ppo_clip(_ratio(logp, old_logp), adv, params)
 
 
-@register_objective(
-    "cispo", params_cls=ClipParams, aggregation="token_mean", paper="CISPO (MiniMax-M1), arXiv 2506.13585",
-    defaults={"eps_low": 1.0, "eps_high": 0.28},
-)
+@register_objective("cispo", paper="CISPO (MiniMax-M1), arXiv 2506.13585")
 def cispo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
     """CISPO: `-sg(clip(r, 1-eps_low, 1+eps_high)) * A * logp`; the gradient is never zeroed."""
     return _clipped_is_weight(logp, _ratio(logp, old_logp), adv, 1 - params.eps_low, 1 + params.eps_high, False)
 
 
-@register_objective(
-    "gspo", params_cls=ClipParams, aggregation="seq_mean_token_mean", paper="GSPO, arXiv 2507.18071",
-    defaults={"eps_low": 3e-4, "eps_high": 4e-4},
-)
+@register_objective("gspo", paper="GSPO, arXiv 2507.18071")
 def gspo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
     """GSPO: PPO-clip on the sequence ratio `exp(mean_t(logp - old_logp))` (GSPO-token form)."""
     tokens = mask.sum(-1, keepdim=True).clamp_min(1)
@@ -359,7 +295,7 @@ def gspo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
     return _ppo_clip(token_ratio, adv, params)
 
 
-@register_objective("dispo", params_cls=DispoParams, aggregation="token_mean", paper="DISPO, arXiv 2602.00983")
+@register_objective("dispo", paper="DISPO, arXiv 2602.00983")
 def dispo(logp, old_logp, adv, mask, params: DispoParams) -> Terms:
     """DISPO: `-sg(clip(r, lo, hi)) * A * logp`, bounds chosen per token by regime.
 

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-REGIMES: tuple[str, ...] = ("pos_up", "pos_down", "neg_up", "neg_down")
+from workbench.names import REGIMES, regime_key
 
 
 def regime_masks(ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -135,12 +135,12 @@ def regime_metrics(
     for i, name in enumerate(REGIMES):
         row = host[i * k : (i + 1) * k]
         n, n_clipped, w_sum, moved, r_sum = row[:5]
-        out[f"regime/{name}/token_frac"] = div(n, n_nonzero)
-        out[f"regime/{name}/clip_frac"] = div(n_clipped, n)
-        out[f"regime/{name}/weight_mean"] = div(w_sum, n)
-        out[f"regime/{name}/clip_mass"] = div(moved, r_sum)
+        out[regime_key(name, "token_frac")] = div(n, n_nonzero)
+        out[regime_key(name, "clip_frac")] = div(n_clipped, n)
+        out[regime_key(name, "weight_mean")] = div(w_sum, n)
+        out[regime_key(name, "clip_mass")] = div(moved, r_sum)
         if entropy is not None:
-            out[f"regime/{name}/entropy"] = div(row[5], n)
+            out[regime_key(name, "entropy")] = div(row[5], n)
     out["ratio/mean"] = div(ratio_sum, n_tokens)
     out["ratio/max"] = ratio_max if n_tokens > 0 else math.nan
     out["ratio/abs_dev_mean"] = div(abs_dev_sum, n_tokens)

@@ -1,9 +1,10 @@
 """HTML reports of runs and studies, read from the MLflow store and the Optuna storage.
 
-`make_report(target)` writes `reports/<target>/index.html`: one self-contained page that opens
-offline (plotly.js embedded once), each figure also as its own HTML file (sharing one
-`plotly.min.js`) and as a PNG where kaleido finds a Chrome, and logs the folder to the run or
-to the study's parent run.
+`make_report(target)` writes `reports/<target>/index.html`: a page that opens offline, loading
+the folder's one `plotly.min.js`; each figure also as its own HTML file (sharing that script)
+and as a PNG where kaleido finds a Chrome. It logs the folder to the run or to the study's
+parent run once per change: a report whose content digest the run already holds is not
+uploaded again.
 
 Every figure follows Optuna's visualization habit: `_get_<name>_info(...)` turns runs into a
 NamedTuple of plain arrays (what the tests check) and `_build_<name>(info)` draws it. The
@@ -17,6 +18,7 @@ only in `seed`); learning curves show a group's mean with its min-max band.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
 import importlib.util
 import math
@@ -39,9 +41,11 @@ from plotly.offline import get_plotlyjs
 
 from workbench import tracking
 from workbench.errors import UserError
-from workbench.reporting import clip_space, curves
-from workbench.reporting.runs import (BOUNDS, accuracy_key, best_value, collapse_marker, final_value, fmt_bound,
-                                      run_bounds, run_label, run_wall_s, several_studies)
+from workbench.reporting import clip_space, curves, trials
+from workbench.collapse import KINDS, TITLES, Criterion
+from workbench.reporting.runs import (BOUNDS, accuracy_key, best_value, collapse_criteria, collapse_marker,
+                                      confounders, final_value, fmt_bound, run_bounds, run_label, run_wall_s, several_studies,
+                                      start_value)
 from workbench.tracking import TargetRuns
 
 UI_BASE = "http://127.0.0.1:5000"
@@ -56,11 +60,18 @@ class SummaryRow(NamedTuple):
     url: str
     objective: str
     bounds: dict[str, float]
+    start_acc: float  # the evaluation before the first update (step 0), e.g. after an SFT warm start
     final_acc: float
+    final_se: float  # standard error of the last evaluation (NaN when not logged)
     best_acc: float
     collapse: str  # "" or "repetition at step 57"
+    criteria: tuple[Criterion, ...]  # each collapse criterion's state, in workbench.collapse.KINDS order
     wall_s: float
     status: str
+
+    @property
+    def gain(self) -> float:
+        return self.final_acc - self.start_acc
 
 
 class SummaryInfo(NamedTuple):
@@ -71,12 +82,14 @@ class SummaryInfo(NamedTuple):
 
 def _get_summary_info(target: TargetRuns, acc_key: str | None) -> SummaryInfo:
     rows, with_study = [], several_studies(target.runs)
+    se_key = f"{acc_key}_se" if acc_key and acc_key.startswith("eval/") else None
     for r in target.runs:
         m = collapse_marker(r)
         rows.append(SummaryRow(
             label=run_label(r, with_study), run_id=r.run_id, url=tracking.run_url(UI_BASE, r.experiment_id, r.run_id),
-            objective=r.params.get("objective.name", "?"), bounds=run_bounds(r), final_acc=final_value(r, acc_key),
-            best_acc=best_value(r, acc_key), collapse=f"{m.kind} at step {m.step}" if m else "", wall_s=run_wall_s(r),
+            objective=r.params.get("objective.name", "?"), bounds=run_bounds(r), start_acc=start_value(r, acc_key),
+            final_acc=final_value(r, acc_key), final_se=final_value(r, se_key), best_acc=best_value(r, acc_key),
+            collapse=f"{m.kind} at step {m.step}" if m else "", criteria=collapse_criteria(r), wall_s=run_wall_s(r),
             status=r.status))
     rows.sort(key=lambda row: -row.final_acc if not math.isnan(row.final_acc) else math.inf)
     anchor = (tracking.run_url(UI_BASE, target.experiment_id, target.anchor_run_id) if target.anchor_run_id
@@ -84,23 +97,45 @@ def _get_summary_info(target: TargetRuns, acc_key: str | None) -> SummaryInfo:
     return SummaryInfo(acc_key, tuple(rows), anchor)
 
 
+def _criterion_cell(c: Criterion) -> str:
+    """One collapse criterion of one run: its state, with the criterion and what was seen on hover."""
+    seen = f"; worst {c.worst:.3g}, longest streak {c.longest} step(s)" if c.worst is not None else ""
+    title = html.escape(f"{c.text}{seen}", quote=True)
+    if c.state == "collapsed":
+        return f'<span class="bad" title="{title}">step {c.onset_step}</span>'
+    text = "ok" if c.state == "ok" else c.state
+    if c.state == "ok" and c.longest:
+        text = f"ok, {c.longest} step{'s' if c.longest > 1 else ''} past"
+    return f'<span title="{title}">{html.escape(text)}</span>'
+
+
 def _build_summary(info: SummaryInfo) -> str:
-    head = ["run", "objective", *(b.removeprefix("eps_") for b in BOUNDS), "final acc", "best acc",
-            "collapse", "wall time", "status", "MLflow run id"]
+    kinds = [TITLES[k] for k in KINDS]
+    head = ["run", "objective", *(b.removeprefix("eps_") for b in BOUNDS), "start acc", "final acc", "gain",
+            "best acc", "collapse", *kinds, "wall time", "status", "MLflow run id"]
     body = []
     for r in info.rows:
+        se = f" &plusmn; {r.final_se:.3f}" if not math.isnan(r.final_se) else ""
+        gain = "n/a" if math.isnan(r.gain) else f"{r.gain:+.3f}"
         cells = [html.escape(r.label), html.escape(r.objective), *(fmt_bound(r.bounds[b], b) for b in BOUNDS),
-                 _fmt_num(r.final_acc), _fmt_num(r.best_acc),
+                 _fmt_num(r.start_acc), _fmt_num(r.final_acc) + se, gain, _fmt_num(r.best_acc),
                  f'<span class="bad">{html.escape(r.collapse)}</span>' if r.collapse else "none",
+                 *(_criterion_cell(c) for c in r.criteria),
                  _fmt_time(r.wall_s), html.escape(r.status),
                  f'<a href="{html.escape(r.url)}"><code>{r.run_id}</code></a>']
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    criteria = info.rows[0].criteria if info.rows else ()
+    stated = "".join(f"<li><b>{html.escape(TITLES[c.kind])}</b>: {html.escape(c.text)}</li>" for c in criteria)
     return (f'<p>MLflow: <a href="{html.escape(info.anchor_url)}">{html.escape(info.anchor_url)}</a> '
             f'(start the UI with <code>dispo-wb ui</code>). Accuracy: '
-            f'<code>{html.escape(info.acc_key or "none logged")}</code>, last and best evaluation; '
+            f'<code>{html.escape(info.acc_key or "none logged")}</code>: at the start (step 0), last (&plusmn; its '
+            f'standard error over problems), gain = last - start, and best evaluation; '
             f'bounds: offsets from 1, "off" where switched off.</p>'
             f'<div class="scroll"><table class="summary"><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}'
-            f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+            f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+            f'<p class="how">Collapse criteria (a run is flagged by the first one met; a cell says "step N" at its '
+            f'onset, "ok, k steps past" when the signal crossed its limit for fewer steps than needed, "no baseline" when the first '
+            f'steps give nothing to fall from; hover for the worst value):</p><ul class="how">{stated}</ul>')
 
 
 def _fmt_num(v: float) -> str:
@@ -132,6 +167,8 @@ HOW = {
                 "limit, and truncation. The dashed line marks a detected collapse onset and its kind.",
     "learning": "Reward, train accuracy and eval accuracy (avg@k, pass@k) per configuration: mean over seeds with "
                 "a min-max band, over steps (left) and wall-clock time (right).",
+    "trials": "One line per configuration (a trial's seeds averaged), labelled by the bound values that differ, "
+              "so that entropy, clip fractions, length and repetition can be compared across the searched bounds.",
     "parallel": "Each line is a run through the four bounds (plus collapse); colour is final accuracy. Drag on an "
                 "axis to select a range.",
     "pair": "Mean final accuracy over runs in each cell of a pair of bounds; a red x marks cells with collapsed runs.",
@@ -160,6 +197,11 @@ def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
         note = (note + "; " if note else "") + f"{len(learn.groups) - learn.shown} more configurations in the legend"
     out.append(Section("learning", "Learning curves", HOW["learning"],
                        curves._build_learning(learn) if learn.keys else None, note))
+    side = trials._get_trials_info(runs, acc_key)
+    if len(side.lines) > 1:
+        out.append(Section("trials", "Trials side by side", HOW["trials"],
+                           trials._build_trials(side) if side.panels else None,
+                           None if side.panels else "no run logged entropy, clip, length or repetition series"))
     if len(runs) < 2:
         return out
     parallel = clip_space._get_parallel_info(runs, acc_key)
@@ -231,6 +273,7 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
         notes.append("no accuracy metric logged (eval/<benchmark>/accuracy or train/accuracy)")
     if log_artifact and not found.anchor_run_id:
         notes.append("not logged to MLflow: an experiment has no run of its own to hold the report")
+    notes += _confounder_notes(found)
     sections = _sections(found, acc_key)
     folder = Path(out_dir) / slug(title)
     if (folder / "index.html").exists():
@@ -242,16 +285,40 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
     subtitle = (f"{html.escape(found.kind)} report, {len(found.runs)} run(s), store "
                 f"<code>{html.escape(tracking.resolve_tracking_uri(tracking_uri))}</code>, generated {when}")
-    index = _write_pages(folder, f"dispo-wb report: {title}", subtitle, notes,
-                         _build_summary(_get_summary_info(found, acc_key)), sections)
+    summary = _build_summary(_get_summary_info(found, acc_key))
+    index = _write_pages(folder, f"dispo-wb report: {title}", subtitle, notes, summary, sections)
     if log_artifact and found.anchor_run_id:
-        tracking.log_report(found.anchor_run_id, folder, tracking_uri)
+        tracking.log_report(found.anchor_run_id, folder, tracking_uri, digest=_digest(notes, summary, sections))
     return index
+
+
+def _confounder_notes(target: TargetRuns) -> list[str]:
+    """A warning when the runs shown differ in more than the searched bounds (and their seeds)."""
+    if len(target.runs) < 2:
+        return []
+    searched: tuple[str, ...] = ()
+    if target.kind == "study":
+        study, _ = clip_space.open_study(target.study_storage, target.name)
+        searched = tuple({k for t in study.trials for k in t.params}) if study is not None else ()
+    differ = confounders(target.runs, searched)
+    if not differ:
+        return []
+    what = "; ".join(f"{k} ({', '.join(v[:4])}{', ...' if len(v) > 4 else ''})" for k, v in differ.items())
+    return [f"warning: these runs differ in more than the searched bounds: {what}. A difference in accuracy "
+            "between them cannot be credited to the bounds alone."]
+
+
+def _digest(notes: list[str], summary: str, sections: list[Section]) -> str:
+    """What the report says, without when it was generated: the same runs give the same digest."""
+    h = hashlib.sha256("\n".join(notes).encode() + summary.encode())
+    for s in sections:
+        h.update(f"{s.name}|{s.note}|".encode() + (s.figure.to_json().encode() if s.figure is not None else b""))
+    return h.hexdigest()[:20]
 
 
 def _write_pages(folder: Path, title: str, subtitle: str, notes: list[str], summary: str,
                  sections: list[Section]) -> Path:
-    """index.html with plotly.js inlined once; each figure's own page loads the shared plotly.min.js."""
+    """index.html and each figure's own page load the folder's one plotly.min.js (offline, ~4.6 MB once)."""
     plotly_js = get_plotlyjs()
     (folder / "plotly.min.js").write_text(plotly_js, encoding="utf-8")
     body = []
@@ -265,8 +332,8 @@ def _write_pages(folder: Path, title: str, subtitle: str, notes: list[str], summ
                 f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(s.title)}</title>'
                 f'<script src="plotly.min.js"></script></head><body>{div}</body></html>', encoding="utf-8")
     index = folder / "index.html"
-    inline = f'<script type="text/javascript">{plotly_js}</script>'
-    index.write_text(_page(title, subtitle, notes, summary, body, inline), encoding="utf-8")
+    index.write_text(_page(title, subtitle, notes, summary, body, '<script src="plotly.min.js"></script>'),
+                     encoding="utf-8")
     return index
 
 
@@ -336,8 +403,10 @@ def _latest_storage(uri: str) -> str | None:
 
 def serve_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None = None, optuna: bool = False,
              storage: str | None = None) -> None:
-    """Run the UIs until Ctrl-C; prints where they listen."""
+    """Run the UIs until Ctrl-C or SIGTERM; prints where they listen. Either signal stops the servers
+    it started (their process groups) before it returns."""
     procs, notes = start_ui(port, host, tracking_uri, optuna, storage)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` must not orphan the servers
     for p in procs:
         print(f"{p.name}: {p.url}", flush=True)
     for n in notes:
@@ -349,7 +418,13 @@ def serve_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         stop_ui(procs)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def stop_ui(procs: Sequence[UiProcess], timeout_s: float = 10) -> None:

@@ -5,9 +5,15 @@ cannot interrupt long C-level arithmetic: ``\boxed{5^{5^{5^{5}}}}`` hangs inside
 power where no Python signal handler ever runs. So math-verify's own timeouts are switched off
 and the bound is enforced from outside: each answer is scored in the main thread of a worker
 process, the parent tracks when each answer started, and a worker that passes the limit is
-SIGKILLed. Its answer scores 0 and is counted as timed out; a fresh worker takes over the rest.
-With the default ``forkserver`` start method the fork server has math-verify already imported,
-so a replacement costs milliseconds rather than a fresh interpreter.
+SIGKILLed and a fresh worker takes over the rest. The answer that overran is tried once more on
+a fresh worker (a busy machine can stall a correct answer past the limit); only if it overruns
+again does it score 0, counted as timed out. With the default ``forkserver`` start method the
+fork server has math-verify already imported, so a replacement costs milliseconds rather than a
+fresh interpreter.
+
+A worker's start-up is not an answer's time: a new worker first scores a warm-up answer (math-verify
+builds its parsers on first use, about a second on a busy machine) and only then reports ready;
+an answer's clock starts when it is sent to a ready worker.
 
 Reward values: 1.0 correct; 0.0 wrong, no answer found, timed out or crashed. ``score_answer``
 returns None only when the gold itself has no parseable answer (nothing to score against); the
@@ -16,8 +22,10 @@ pool reports such items as 0.0 with ``unscorable`` set, so a trainer can zero th
 Speed: answers go to workers in chunks (one round trip per chunk, not per answer), each worker
 reports every result as it finishes (that is what keeps per-answer deadlines exact), and the parent
 memoises (response, gold) pairs across calls, because a small policy repeats its answers a lot.
-Timeouts and crashes are memoised too: a collapsed policy that repeats one pathological answer
-would otherwise pay the full limit for it on every step.
+Crashes are memoised too, timeouts are not: a timeout says how busy the machine was as much as
+what the answer is, and a memoised one would score a correct answer 0 for the rest of the run.
+The price is that a collapsed policy repeating one pathological answer pays twice the limit for
+it on every step it appears.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ _START_METHODS = ("forkserver", "spawn", "fork")
 _READY = "ready"
 _STARTUP_TIMEOUT_S = 60.0
 _CLOSE_GRACE_S = 1.0
+# Answers that touch math-verify's LaTeX and number parsers and its sympy comparison (both score 1).
+_WARM_UP = (("\\boxed{15}", "15"), ("\\boxed{0.5}", "\\frac{1}{2}"))
 _log = logging.getLogger(__name__)
 
 
@@ -168,6 +178,13 @@ def _worker_main(conn: Connection, scorer: Scorer) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # With its timeouts off math-verify warns once that the caller must bound it; this pool does.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # Pay math-verify's first-use costs before any answer's clock starts. Through score_answer,
+    # not the configured scorer: a scorer may count or cache its calls.
+    try:
+        for response, gold in _WARM_UP:
+            score_answer(response, gold)
+    except Exception:  # noqa: BLE001 - a failed warm-up leaves the costs to the first answer, nothing worse
+        pass
     conn.send(_READY)
     while True:
         try:
@@ -356,7 +373,7 @@ class RewardPool:
     def _remember(self, fresh: dict[bytes, _Outcome]) -> None:
         if self._memo_size == 0:
             return
-        self._memo.update(fresh)
+        self._memo.update((k, o) for k, o in fresh.items() if not o.timed_out)
         while len(self._memo) > self._memo_size:
             self._memo.popitem(last=False)
 
@@ -367,6 +384,7 @@ class RewardPool:
         # hold back most of the batch behind it.
         size = max(1, math.ceil(len(items) / (4 * len(self._workers))))
         queue = deque(list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size))
+        retried: set[int] = set()  # answers that overran once and went back to a fresh worker
 
         while queue or any(w.items for w in self._workers):
             now = time.monotonic()
@@ -388,14 +406,22 @@ class RewardPool:
                 timeout=max(0.0, min(deadlines, default=now) - now),
             )
             for k, w in enumerate(self._workers):
-                if self._sweep(w, outcomes, time.monotonic()):
+                retry: list[int] = []
+                if self._sweep(w, outcomes, time.monotonic(), retried, retry):
                     if w.items:
                         queue.appendleft(list(w.items))
+                    if retry:  # alone in its chunk, so that its retry is timed on its own
+                        queue.appendleft(retry)
                     self._workers[k] = _Worker(self._ctx, self._scorer)
         return outcomes  # type: ignore[return-value]  # every slot is filled by now
 
-    def _sweep(self, w: _Worker, outcomes: list[_Outcome | None], now: float) -> bool:
-        """Collect finished answers; kill an overrunning worker. True if ``w`` must be replaced."""
+    def _sweep(self, w: _Worker, outcomes: list[_Outcome | None], now: float, retried: set[int] | None = None,
+               retry: list[int] | None = None) -> bool:
+        """Collect finished answers; kill an overrunning worker. True if ``w`` must be replaced.
+
+        An answer overrunning for the first time goes into ``retry`` (and ``retried``) instead of
+        scoring 0; one that overran before is timed out.
+        """
         # Checked before reading: a dead worker's last replies are then already in the pipe.
         dead = not w.process.is_alive()
         while w.conn.poll():
@@ -421,7 +447,14 @@ class RewardPool:
                 "script that creates a pool needs an `if __name__ == \"__main__\":` guard"
             )
         if w.items and (dead or now >= w.started + self.timeout_s):
-            outcomes[w.items.popleft()] = _CRASHED if dead else _TIMED_OUT
+            item = w.items.popleft()
+            if dead:
+                outcomes[item] = _CRASHED
+            elif retried is not None and retry is not None and item not in retried:
+                retried.add(item)
+                retry.append(item)
+            else:
+                outcomes[item] = _TIMED_OUT
             w.kill()
             return True
         if dead:

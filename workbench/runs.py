@@ -2,7 +2,8 @@
 
 Building a config from a file plus flags, recovering a run's config to resume it, and
 evaluating a saved model. Kept apart from cli.py so the same steps are callable from
-Python and from the sweep.
+Python and from the sweep. Parsing and validation import neither torch nor mlflow: a bad
+input is refused before they load.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from workbench import tracking
 from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
 from workbench.errors import UserError
+from workbench.names import FINISHED, RUNNING, TAG_PID
 
 
 def parse_set_flags(items: list[str]) -> dict[str, Any]:
@@ -43,12 +43,25 @@ def run_config_from_cli(path: Path | None, flags: dict[str, Any], settings: dict
 
 def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, Any]) -> RunConfig:
     """The config a run was started with (its `config.yaml` artifact), optionally with more steps."""
+    from workbench import tracking
+
     try:
         info = tracking.run_info(run_id, tracking_uri)
     except Exception as e:  # MLflow raises its own exception types for unknown ids
         raise UserError(f"--resume: no run {run_id!r} in {tracking.resolve_tracking_uri(tracking_uri)} ({type(e).__name__})") from None
-    if info["status"] == "FINISHED":
+    if info["status"] == FINISHED:
         raise UserError(f"--resume: run {run_id} already FINISHED; start a new run instead")
+    if info["status"] == RUNNING:
+        # RUNNING is what a killed process leaves behind: say so in the store before going on.
+        from workbench.liveness import writer_gone
+        from workbench.stale_runs import mark_killed
+
+        gone = writer_gone(info["tags"])
+        if gone is None:
+            pid = info["tags"].get(TAG_PID)
+            raise UserError(f"--resume: run {run_id} is RUNNING" + (f" in process {pid}" if pid else "")
+                            + "; stop it first (Ctrl-C), or wait for it to end")
+        mark_killed(run_id, f"found RUNNING but {gone}; resumed with dispo-wb train --resume", tracking_uri)
     from workbench.checkpoint import checkpoint_path
 
     if not checkpoint_path(run_id).exists():
@@ -59,7 +72,9 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
 
 def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, temperature: float, limit: int | None,
                         max_new_tokens: int, seed: int) -> dict[str, float]:
-    from workbench.evaluation import evaluate, metric_key
+    import torch
+
+    from workbench.evaluation import evaluate
     from workbench.models import build_prompt, is_micro, load_policy, select_device
     from workbench.rewards import RewardPool, score_answer
     from workbench.rollout.hf import HFBackend
@@ -85,7 +100,7 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, tempe
                 problems = load_benchmark(name, TaskConfig(), limit=limit)
             except ValueError as e:
                 raise UserError(f"--benchmark: {e}") from None
-            out.update(evaluate(backend, tok, problems, benchmark=metric_key(name), k=k, temperature=temperature,
+            out.update(evaluate(backend, tok, problems, benchmark=name, k=k, temperature=temperature,
                                 max_new_tokens=max_new_tokens, score=lambda t, g: pool.score(t, g).rewards,
                                 prompt_of=lambda q: build_prompt(tok, q, micro_prompts)))
     return out

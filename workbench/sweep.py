@@ -311,7 +311,7 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
             tags={"optuna.storage": redact(url), "optuna.sampler": study.sampler,
                   "dispo.directions": "; ".join(d.label for d in study.directions),
                   "dispo.seeds": ",".join(map(str, study.seeds))},
-            texts={"base_config.yaml": dump_yaml(study.base)}, files=[study.path])
+            texts={"base_config.yaml": dump_yaml(study.base)}, files=[study.path], params=space_params(study))
         recovered = recover(ostudy, all_running_stale=local, parent_run_id=parent, tracking_uri=tracking_uri)
         if recovered:
             echo(f"queued again with the same parameters: trials {', '.join(map(str, recovered))}")
@@ -332,12 +332,40 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
             complete = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) >= study.n_trials
             if status == "FINISHED" and (problems or not complete):
                 status = "FAILED"
+            best_metrics, best_tags = best_of(ostudy, study)
             tracking.close_study_run(parent, status=status, tracking_uri=tracking_uri,
-                                     metrics={f"trials/{k.lower()}": v for k, v in counts.items()},
-                                     tags={"dispo.complete": str(complete).lower()})
+                                     metrics={**{f"trials/{k.lower()}": v for k, v in counts.items()}, **best_metrics},
+                                     tags={"dispo.complete": str(complete).lower(), **best_tags})
     for p in problems:
         echo(p)
     return SweepResult(study.name, redact(url), parent, counts, recovered, time.perf_counter() - t0, complete)
+
+
+def space_params(study: Study) -> dict[str, str]:
+    """The searched space as the parent run's params: `space.<name>` -> its values or range."""
+    out = {"n_trials": str(study.n_trials), "sampler": study.sampler, "seeds": ",".join(map(str, study.seeds)),
+           "directions": "; ".join(d.label for d in study.directions)}
+    for name, dim in study.space.items():
+        if dim.choices is not None:
+            what = ", ".join(map(str, dim.choices))
+        else:
+            what = f"{dim.low:g}..{dim.high:g}" + (" log" if dim.log else "") + (f" step {dim.step:g}" if dim.step else "")
+        out[f"space.{name}"] = f"{dim.path or 'arm'}: {what}"
+    return out
+
+
+def best_of(ostudy: optuna.Study, study: Study) -> tuple[dict[str, float], dict[str, str]]:
+    """The best trial's number and value(s) (one direction), or the Pareto front's trial numbers."""
+    try:
+        if len(ostudy.directions) > 1:
+            return {}, {"dispo.pareto_trials": ",".join(str(t.number) for t in ostudy.best_trials)}
+        best = ostudy.best_trial
+    except ValueError:  # no COMPLETE trial
+        return {}, {}
+    params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+    return ({"best/value": float(best.value), "best/trial": float(best.number)},
+            {"dispo.best_trial": str(best.number), "dispo.best_params": params,
+             "dispo.best_value": f"{study.directions[0].label} = {best.value:.4g}"})
 
 
 def _counts(ostudy: optuna.Study) -> dict[str, int]:
@@ -471,7 +499,9 @@ class TrialObjective:
         per_seed: dict[str, dict[str, Any]] = {}
         results: list[dict[str, Any]] = []
         for i, seed in enumerate(self.study.seeds):
-            config = self.study.run_config(overrides, seed, self.spec.threads)
+            # Seed runs are named after their trial (a base `run_name` wins: it is the user's, or a test's knobs).
+            named = {} if self.study.base.run_name else {"run_name": f"{self.study.name}-t{trial.number:04d}-s{seed}"}
+            config = self.study.run_config({**overrides, **named}, seed, self.spec.threads)
             reporter = _PruneReporter(trial, self.prune_metric, i * (config.steps + 1)) if self.prune_metric else None
             result = run_training(self.spec.train_fn, config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
                                   parent_run_id=run_id, progress=False,
@@ -499,10 +529,8 @@ class TrialObjective:
         return values
 
     def _tags(self, trial: Trial, reason: str | None) -> dict[str, str]:
-        tags = {}
         collapse = trial.user_attrs.get("collapse")
-        if collapse:
-            tags["collapse"] = collapse.split()[0]
+        tags = {"collapse": collapse.split()[0] if collapse else "none"}  # every trial run carries the flag
         if reason:
             tags["prune_reason"] = reason
         return tags

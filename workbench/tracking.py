@@ -9,21 +9,16 @@ from __future__ import annotations
 
 # ---- runs: used by trainer.py ----
 
-import os
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from workbench.stores import DEFAULT_TRACKING_URI, first_use_lock, resolve_tracking_uri  # noqa: F401 - re-exported
+
 _PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 _MAX_PARAM_LEN = 6000
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """Explicit URI, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _client(uri: str | None):
@@ -34,7 +29,19 @@ def _client(uri: str | None):
     # A fresh SQLite store announces its migrations at INFO; runs need none of it.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=resolve_tracking_uri(uri))
+    resolved = resolve_tracking_uri(uri)
+    if resolved in _OPENED:
+        return MlflowClient(tracking_uri=resolved)
+    # The first use of a store in this process opens it, and a new SQLite store gets its schema
+    # then: under a file lock, so that runs started at once cannot race MLflow's migrations.
+    with first_use_lock(resolved):
+        client = MlflowClient(tracking_uri=resolved)
+        client.search_experiments(max_results=1)
+    _OPENED.add(resolved)
+    return client
+
+
+_OPENED: set[str] = set()
 
 
 def git_commit() -> str:
@@ -50,7 +57,8 @@ class RunTracker:
     """One MLflow run: params once, metrics batched one call per step, tags, tables, status.
 
     Opens a new run, or reopens `resume_run_id` (a resumed run keeps its id, params and
-    step axis). Uses the client API rather than mlflow's global active-run state so that a
+    step axis). The run records its writer process (`liveness.writer_tags`), so that a run
+    left RUNNING by a killed process can be told from a live one. Uses the client API rather than mlflow's global active-run state so that a
     sweep worker can hold a parent run while trainers open children.
     """
 
@@ -60,16 +68,22 @@ class RunTracker:
                  resume_run_id: str | None = None):
         from mlflow.entities import Param
 
+        from workbench.liveness import writer_tags
+
         self.client = _client(tracking_uri)
+        self.logged: dict[str, int] = {}  # a resumed run's last step in the store, per metric key
         if resume_run_id:
             run = self.client.get_run(resume_run_id)
             self.run_id = run.info.run_id
+            # A killed run logged the steps after its last checkpoint, which the resumed run
+            # computes again from that checkpoint: the store keeps the first record of each step.
+            self.logged = {key: max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
+                           for key in run.data.metrics}
             self.client.update_run(self.run_id, status="RUNNING")
-            self.client.set_tag(self.run_id, "resumed", "true")
+            self.set_tags({"resumed": "true", **writer_tags()})
             return
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        all_tags = dict(tags or {})
+        exp_id = experiment_id(self.client, experiment)
+        all_tags = {**(tags or {}), **writer_tags()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
@@ -93,7 +107,7 @@ class RunTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if step > self.logged.get(k, -1)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000], synchronous=True)
 
@@ -162,16 +176,31 @@ def download_text(run_id: str, artifact_file: str, tracking_uri: str | None = No
 _TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
 
+# MLflow 3 UI opens an experiment without this tag in its GenAI view ("0 traces"); these are training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client, name: str) -> str:
+    """The experiment's id, created when missing; either way tagged so that the UI opens on the runs table."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    if not all(exp.tags.get(k) == v for k, v in EXPERIMENT_KIND.items()):
+        for k, v in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
 def open_study_run(*, study_name: str, experiment: str, tags: dict[str, str], texts: dict[str, str] | None = None,
-                   files: list[str | Path] | None = None, tracking_uri: str | None = None) -> str:
+                   files: list[str | Path] | None = None, tracking_uri: str | None = None,
+                   params: dict[str, str] | None = None) -> str:
     """The study's parent run: the one tagged `dispo.study`=study_name is reopened, else one is created.
 
     Reopening (not duplicating) keeps one run tree per study however often a sweep resumes. A
     run of the same name on another Optuna storage (tag `optuna.storage`) is another study.
     """
     client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = experiment_id(client, experiment)
     found = [r for r in client.search_runs([exp_id], f"tags.`dispo.study` = '{study_name}' and tags.`dispo.kind` = 'study'",
                                            order_by=["attributes.start_time ASC"])
              if r.data.tags.get("optuna.storage") == tags.get("optuna.storage")]
@@ -182,6 +211,11 @@ def open_study_run(*, study_name: str, experiment: str, tags: dict[str, str], te
         _set_tags(client, run_id, all_tags)
     else:
         run_id = client.create_run(exp_id, run_name=study_name, tags=all_tags).info.run_id
+    if params and not found:  # a resumed study keeps the params it was opened with (MLflow params are immutable)
+        from mlflow.entities import Param
+
+        client.log_batch(run_id, params=[Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()],
+                         synchronous=True)
     for name, text in (texts or {}).items():
         client.log_text(run_id, text, name)
     for path in files or []:
@@ -539,9 +573,16 @@ def _client_metric_rows(client, runs: list[RunRecord]) -> list[tuple]:
         return [row for rows in pool.map(fetch, jobs) for row in rows]
 
 
-def log_report(run_id: str, directory: str | Path, tracking_uri: str | None = None) -> None:
-    """Upload a report folder as the run's `report/` artifacts."""
-    _client(tracking_uri).log_artifacts(run_id, str(directory), "report")
+def log_report(run_id: str, directory: str | Path, tracking_uri: str | None = None, digest: str | None = None) -> bool:
+    """Upload a report folder as the run's `report/` artifacts, unless the run already holds the
+    report with this content `digest` (tag `dispo.report_digest`); returns whether it uploaded."""
+    client = _client(tracking_uri)
+    if digest and client.get_run(run_id).data.tags.get("dispo.report_digest") == digest:
+        return False
+    client.log_artifacts(run_id, str(directory), "report")
+    if digest:
+        client.set_tag(run_id, "dispo.report_digest", digest)
+    return True
 
 
 def ui_command(tracking_uri: str | None, host: str, port: int) -> list[str]:

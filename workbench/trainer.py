@@ -27,7 +27,6 @@ import math
 import random
 import signal
 import time
-from collections import deque
 from statistics import fmean
 from typing import Callable
 
@@ -36,25 +35,25 @@ import torch
 from workbench import checkpoint, tracking
 from workbench.advantages import group_advantages, overlong_penalty, zero_adv_groups
 from workbench.batching import pack, response_logp, response_logp_chunked
-from workbench.collapse import detect_collapse
+from workbench.collapse import SIGNALS as COLLAPSE_SIGNALS, detect_collapse
 from workbench.config import RunConfig, dump_yaml, flatten
-from workbench.errors import UserError
-from workbench.evaluation import evaluate, metric_key
+from workbench.errors import UserError, disk_full, first_line
+from workbench.evaluation import evaluate
 from workbench.metrics import response_metrics
 from workbench.models import build_prompt, is_micro, select_device
 from workbench.objectives import aggregate, get_spec
-from workbench.regimes import REGIMES
+from workbench.names import REGIME_STATS, REGIMES, regime_key
 from workbench.results import RunResult
 from workbench.rewards import RewardPool, score_answer
 from workbench.rollout import make_backend
 from workbench.rollout.base import Sampling
 from workbench.sft import warm_start
+from workbench.snapshots import SnapshotRing, cpu_state
 from workbench.tasks.benchmarks import load_benchmark
 from workbench.tasks.micro import build_task
 
 
-STEP_UPDATE_KEYS = tuple(f"regime/{r}/{s}" for r in REGIMES
-                         for s in ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy")) + (
+STEP_UPDATE_KEYS = tuple(regime_key(r, s) for r in REGIMES for s in REGIME_STATS) + (
     "ratio/mean", "ratio/max", "ratio/abs_dev_mean", "loss/policy", "grad/norm", "entropy/mean")
 
 
@@ -97,6 +96,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     run = _Run(config, checkpoint_root)
     # Load (or warm-start) the policy before opening an MLflow run: a model that cannot be
     # found is a user error that must leave nothing in the store.
+    run.load_benchmarks()
     run.load_model()
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
             "git_commit": tracking.git_commit(), "dispo.kind": "train", **(extra_tags or {})}
@@ -111,6 +111,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
                           params=params, tags=tags, artifacts={"config.yaml": dump_yaml(config)},
                           parent_run_id=parent_run_id, resume_run_id=resume_run_id)
     run.run_id = tracker.run_id
+    run.t0 = time.time()  # wall time counts from the MLflow run's start, so the CLI and the report agree
     try:
         scorer = functools.partial(score_answer, require_boxed=config.reward_require_boxed)
         with _StopFlag() as stop, RewardPool(workers=config.reward_workers, timeout_s=config.reward_timeout_s,
@@ -125,8 +126,18 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
         tracker.finish("KILLED", "interrupted")
         return run.result("KILLED", "interrupted")
     except BaseException as e:
-        tracker.finish("FAILED", f"{type(e).__name__}: {e}")
-        raise
+        if not disk_full(e):
+            tracker.finish("FAILED", f"{type(e).__name__}: {e}")
+            raise
+        # The store may be on the full disk too: end the run FAILED where it still accepts it.
+        reason = f"disk full: {first_line(e)}"
+        try:
+            tracker.finish("FAILED", reason)
+        except Exception as store_error:  # noqa: BLE001 - `dispo-wb runs clean` marks it later
+            reason += f" (the run could not be marked FAILED either: {first_line(store_error)})"
+        return run.result("FAILED", reason)
+    finally:
+        run.close()
     if status == "KILLED":
         tracker.finish("KILLED", "interrupted; resume with dispo-wb train --resume " + run.run_id)
     else:
@@ -143,8 +154,7 @@ class _Run:
         self.run_id = ""
         self.step = 0
         self.t0 = time.time()
-        self.history: dict[str, list[float]] = {"entropy/mean": [], "response/repetition_rate": [],
-                                                "response/length_mean": []}
+        self.history: dict[str, list[float]] = {"entropy/mean": [], **{k: [] for k in COLLAPSE_SIGNALS.values()}}
         self.last_eval: dict[str, float] = {}
         self.best_eval: dict[str, float] = {}
         self.collapse: tuple[str | None, int | None] = (None, None)
@@ -162,9 +172,25 @@ class _Run:
         self.policy = model.to(self.device).train()
         self.micro = is_micro(cfg.model.name)
 
+    def load_benchmarks(self) -> None:
+        """Evaluation sets, read before a run is opened: a benchmark that cannot be read is a user error."""
+        cfg = self.cfg
+        try:
+            self.benchmarks = {name: load_benchmark(name, cfg.task, limit=cfg.eval.limit) for name in cfg.eval.benchmarks}
+        except ValueError as e:
+            raise UserError(f"eval.benchmarks: {e}") from None
+
+    def close(self) -> None:
+        """Give the rollout backend's resources back (a vLLM engine holds GPU memory)."""
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            self.backend = None
+            backend.close()
+
     def setup(self, pool: RewardPool, resume: bool) -> None:
         cfg = self.cfg
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     **_fast_adamw(self.device))
         self.task = build_task(cfg.task)
         self.task_rng = random.Random(cfg.seed)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -172,12 +198,16 @@ class _Run:
         # Lagged rollouts sample from (and old_logp is computed with) a separate copy holding an old snapshot.
         lag = cfg.rollout_lag
         self.old_policy = copy.deepcopy(self.policy).eval() if lag > 0 else self.policy
-        self.snapshots: deque = deque([_cpu_state(self.policy)], maxlen=lag + 1) if lag > 0 else deque()
+        # Only the snapshots a rollout boundary will read; every step's when the update count varies.
+        stride = 1 if cfg.dynamic_sampling else cfg.updates_per_rollout
+        self.snapshots = SnapshotRing(lag, stride) if lag > 0 else None
+        self.updates = 0  # optimizer steps taken
+        if self.snapshots is not None:
+            self.snapshots.record(0, self.policy)
         self.backend = make_backend(cfg, self.old_policy, self.tok, self.device)
         self.spec = get_spec(cfg.objective.name)
         self.params = cfg.objective.build_params()
         self.agg_mode = cfg.objective.aggregation or self.spec.aggregation
-        self.benchmarks = {name: load_benchmark(name, cfg.task, limit=cfg.eval.limit) for name in cfg.eval.benchmarks}
         if resume:
             self._restore(checkpoint.load(self.run_id, self.ckpt_root))
 
@@ -193,11 +223,14 @@ class _Run:
             while self.step < cfg.steps:
                 metrics, samples = self.train_step()
                 self.step += 1
+                t_track = time.perf_counter()
                 tracker.log_metrics(metrics, self.step)
                 for k in self.history:
                     self.history[k].append(metrics.get(k, math.nan))
                 if self.step % cfg.sample_every == 0 or self.step == 1:
                     tracker.log_table(samples, f"rollouts/step_{self.step:04d}.json")
+                # Its own small call: the time of the step's logging is known only once it is done.
+                tracker.log_metrics({"perf/tracking_s": time.perf_counter() - t_track}, self.step)
                 stopped = self._check_collapse(tracker)
                 if self.step % cfg.eval.every == 0 or self.step == cfg.steps:
                     stopped = self._evaluate(tracker, on_eval) or stopped
@@ -214,18 +247,20 @@ class _Run:
     def train_step(self) -> tuple[dict[str, float], list[dict]]:
         cfg = self.cfg
         t_start = time.time()
+        clock = _PhaseClock()
         problems = self.task.train_batch(self.task_rng, cfg.rollout.prompts_per_step)
         prompts = [self.prompt_of(p.prompt) for p in problems]
         self._load_rollout_policy()
         self.backend.wake()
-        t_roll = time.time()
+        clock.lap()
         ro = self.backend.generate(prompts, cfg.rollout.group_size, Sampling(
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens))
-        roll_s = time.time() - t_roll
+        roll_s = clock.lap("generate")
         self.backend.sleep()
         texts = self.tok.batch_decode(ro.response_ids, skip_special_tokens=True)
         golds = [p.answer for p in problems for _ in range(cfg.rollout.group_size)]
         scored = self.pool.score(texts, golds)
+        clock.lap("reward")
         correct = torch.tensor([r > 0.5 for r in scored.rewards])
         rewards = torch.tensor(scored.rewards, dtype=torch.float32)
         lengths = torch.tensor([len(r) for r in ro.response_ids])
@@ -236,12 +271,15 @@ class _Run:
         zero_groups = zero_adv_groups(rewards, G)
 
         batch = pack(ro.prompt_ids, ro.response_ids, self.tok.pad_token_id, self.device)
+        clock.lap()
         with self._autocast():
             old_logp = response_logp_chunked(self.old_policy, batch, cfg.rollout.temperature)
+        clock.lap("old_logp")
         keep = torch.arange(len(batch))
         if cfg.dynamic_sampling:
             keep = keep[~zero_groups.repeat_interleave(G)]
         update_metrics = self._update(batch, old_logp, adv.to(self.device), keep)
+        update_s = clock.lap("update")
         # Same keys every step: a regime with no tokens this step is NaN (undefined), not absent.
         update_metrics = {**dict.fromkeys(STEP_UPDATE_KEYS, math.nan), **update_metrics}
 
@@ -253,6 +291,10 @@ class _Run:
             "train/accuracy": correct.float().mean().item(),
             "batch/zero_adv_group_frac": zero_groups.float().mean().item(),
             "perf/rollout_tokens_per_s": lengths.sum().item() / max(roll_s, 1e-9),
+            # Positions decoded, finished sequences and padding included: B x longest response.
+            "perf/rollout_positions_per_s": len(lengths) * int(lengths.max()) / max(roll_s, 1e-9),
+            **{f"perf/{k}_s": v for k, v in clock.laps.items()},
+            **_update_throughput(batch, keep, cfg.epochs, update_s),
             "perf/step_s": time.time() - t_start,
         }
         if ro.sampling_logp is not None:
@@ -299,8 +341,9 @@ class _Run:
                     record(m)
                 gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.opt.step()
-                if self.snapshots:
-                    self.snapshots.append(_cpu_state(self.policy))
+                self.updates += 1
+                if self.snapshots is not None:
+                    self.snapshots.record(self.updates, self.policy)
                 record({"loss/policy": total, "grad/norm": gnorm.item()})
         return {**{k: sums[k] / counts[k] for k in sums}, **maxes}
 
@@ -326,8 +369,8 @@ class _Run:
 
     def _load_rollout_policy(self) -> None:
         """Put the snapshot `rollout_lag` updates old into old_policy and into the rollout engine."""
-        if self.snapshots:
-            self.old_policy.load_state_dict(self.snapshots[0])
+        if self.snapshots is not None:
+            self.old_policy.load_state_dict(self.snapshots.rollout_state(self.updates))
         self.backend.sync_weights(_named_state(self.old_policy, getattr(self.backend, "model", None)))
 
     # ---- evaluation, collapse, checkpoints ----
@@ -337,7 +380,7 @@ class _Run:
         self.backend.wake()
         metrics: dict[str, float] = {}
         for name, problems in self.benchmarks.items():
-            metrics.update(evaluate(self.backend, self.tok, problems, benchmark=metric_key(name), k=cfg.eval.k,
+            metrics.update(evaluate(self.backend, self.tok, problems, benchmark=name, k=cfg.eval.k,
                                     temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                                     score=lambda t, g: self.pool.score(t, g).rewards, prompt_of=self.prompt_of))
         self.backend.sleep()
@@ -350,9 +393,8 @@ class _Run:
     def _check_collapse(self, tracker) -> bool:
         if self.collapse[0] is not None:
             return False
-        steps = list(range(1, len(self.history["response/length_mean"]) + 1))
-        verdict = detect_collapse(steps, self.history["response/repetition_rate"],
-                                  self.history["response/length_mean"], self.cfg.collapse)
+        steps = list(range(1, self.step + 1))
+        verdict = detect_collapse(steps, self.history, self.cfg.collapse)
         if verdict.kind is None:
             return False
         self.collapse = (verdict.kind, verdict.onset_step)
@@ -360,8 +402,12 @@ class _Run:
         return self.cfg.collapse.stop
 
     def _state(self) -> dict:
-        return {"step": self.step, "policy": _cpu_state(self.policy), "opt": self.opt.state_dict(),
-                "snapshots": list(self.snapshots), "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+        # What resume needs and nothing else; the snapshot taken at this very step is the policy
+        # itself, stored once (torch.save keeps one copy of an object referenced twice).
+        policy = cpu_state(self.policy)
+        snaps = [(c, policy if c == self.updates else st) for c, st in self.snapshots.state_dict()] if self.snapshots is not None else []
+        return {"step": self.step, "updates": self.updates, "policy": policy, "opt": self.opt.state_dict(),
+                "snapshots": snaps, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
                 "task_rng": self.task_rng.getstate(), "shuffle": self.shuffle.get_state(), "history": self.history,
                 "last_eval": self.last_eval, "best_eval": self.best_eval, "collapse": self.collapse,
                 "elapsed": time.time() - self.t0}
@@ -370,14 +416,19 @@ class _Run:
         self.step = s["step"]
         self.policy.load_state_dict(s["policy"])
         self.opt.load_state_dict(s["opt"])
-        if self.snapshots:
-            self.snapshots.clear()
-            self.snapshots.extend(s["snapshots"])
+        self.updates = s.get("updates", self.step * self.cfg.updates_per_rollout)
+        if self.snapshots is not None:
+            snaps = s["snapshots"]
+            if snaps and isinstance(snaps[0], dict):  # older checkpoints: one state per step, newest last
+                snaps = list(zip(range(self.updates - len(snaps) + 1, self.updates + 1), snaps))
+            self.snapshots.load_state_dict((c, st) for c, st in snaps if self.snapshots.needed(c))
         torch.set_rng_state(s["torch_rng"])
         random.setstate(s["py_rng"])
         self.task_rng.setstate(s["task_rng"])
         self.shuffle.set_state(s["shuffle"])
         self.history, self.last_eval, self.best_eval = s["history"], s["last_eval"], s["best_eval"]
+        for k in COLLAPSE_SIGNALS.values():  # a checkpoint from before a criterion existed: unmeasured steps
+            self.history.setdefault(k, [math.nan] * self.step)
         self.collapse = tuple(s["collapse"])
         self.t0 = time.time() - s["elapsed"]
 
@@ -389,8 +440,29 @@ class _Run:
                          entropy_last=fmean(ent[-5:]) if ent else math.nan, reason=reason)
 
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+class _PhaseClock:
+    """Seconds per named phase of a step: `lap(name)` charges the time since the last lap to it."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str | None = None) -> float:
+        now = time.perf_counter()
+        took, self._t = now - self._t, now
+        if name:
+            self.laps[name] = self.laps.get(name, 0.0) + took
+        return took
+
+
+def _update_throughput(batch, keep: torch.Tensor, epochs: int, update_s: float) -> dict[str, float]:
+    """Response tokens (padding not counted) through forward, backward and optimizer per second."""
+    return {"perf/update_tokens_per_s": batch.mask[keep].sum().item() * epochs / max(update_s, 1e-9)}
+
+
+def _fast_adamw(device: torch.device) -> dict[str, bool]:
+    """One fused kernel over all parameters instead of a Python loop per tensor (same update rule)."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
 
 def _named_state(source: torch.nn.Module, engine_model: torch.nn.Module | None):

@@ -12,8 +12,10 @@ import ctypes
 import importlib
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import asdict, is_dataclass
 from typing import Any, Callable
@@ -115,17 +117,49 @@ def _resolve(fn: str | Callable) -> Callable:
 def die_with_parent(owner_pid: int) -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
 
-    A forkserver child's parent is the server, which exits when `owner_pid` (the process
-    that asked for the child) goes away, so the chain holds. `owner_pid` is checked once
-    more in case it died before the prctl call.
+    A forkserver child's parent is the server, which exits when no process holds the write
+    end of its "alive" pipe any more. The server hands every child a copy of that end, so the
+    child drops it here: otherwise a training child keeps its own server, and so itself,
+    alive after `owner_pid` (the sweep) is killed, and goes on writing metrics until its next
+    message to the dead sweep fails. `owner_pid` is checked once more in case it died before
+    the prctl call.
     """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None and getattr(server, "_forkserver_pid", None) is None:  # inherited, not our own server's
+        os.close(alive_fd)
+        server._forkserver_alive_fd = None
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _exit_with(owner_pid)
     try:
         os.kill(owner_pid, 0)
     except ProcessLookupError:
         os._exit(1)
+
+
+def _exit_with(owner_pid: int) -> None:
+    """Exit the moment `owner_pid` dies, when it is not the parent (a forkserver child's case).
+
+    The death signal above follows the fork server, which exits only after tearing its
+    interpreter down (most of a second under load), time enough for a trainer to log another
+    step. A pidfd becomes readable when its process exits; a daemon thread waits on it.
+    """
+    if owner_pid == os.getppid() or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        fd = os.pidfd_open(owner_pid)
+    except OSError:  # already gone (checked by the caller) or pidfds unsupported
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
 
 
 def describe_exit(code: int | None) -> str:

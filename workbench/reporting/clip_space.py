@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.reporting.runs import BOUNDS, bound_off, collapse_marker, final_value, run_bounds
+from workbench.collapse import KINDS, TITLES
+from workbench.reporting.runs import BOUNDS, bound_off, collapse_marker, final_value, run_bounds, varied_bounds
 from workbench.tracking import RunRecord
 
 MIN_TRIALS_FOR_IMPORTANCE = 8
@@ -26,6 +27,7 @@ class Dim(NamedTuple):
     values: np.ndarray  # (R,) plotted value per run (log10 for wide ranges; "off" placed above the rest)
     tickvals: tuple[float, ...]
     ticktext: tuple[str, ...]
+    range: tuple[float, float] | None = None  # fixed axis range, so that every tick stays on the axis
 
 
 class ParallelInfo(NamedTuple):
@@ -35,7 +37,9 @@ class ParallelInfo(NamedTuple):
     run_ids: tuple[str, ...]
 
 
-_COLLAPSE_CODE = {None: 0, "length": 1, "repetition": 2}
+_COLLAPSE_CODE = {None: 0, **{k: i + 1 for i, k in enumerate(KINDS)}}
+# Final accuracy from low (red) to high (blue): every colour stays visible on a white page.
+ACCURACY_SCALE = [[0.0, "#d62728"], [0.5, "#9467bd"], [1.0, "#1f4e9c"]]
 
 
 def _get_parallel_info(runs: Sequence[RunRecord], acc_key: str | None) -> ParallelInfo | None:
@@ -45,14 +49,16 @@ def _get_parallel_info(runs: Sequence[RunRecord], acc_key: str | None) -> Parall
     if len(known) < 2:
         return None
     runs, bounds = [r for r, _ in known], [b for _, b in known]
-    dims = [_dim(b, np.array([x[b] for x in bounds])) for b in BOUNDS]
+    varied = varied_bounds(runs) or BOUNDS  # a bound nobody changed is no axis worth drawing
+    dims = [_dim(b, np.array([x[b] for x in bounds])) for b in varied]
     objectives = sorted({r.params.get("objective.name", "?") for r in runs})
     if len(objectives) > 1:
         codes = np.array([objectives.index(r.params.get("objective.name", "?")) for r in runs], float)
         dims.insert(0, Dim("objective", codes, tuple(map(float, range(len(objectives)))), tuple(objectives)))
     kinds = [(m.kind if (m := collapse_marker(r)) else None) for r in runs]
-    dims.append(Dim("collapse", np.array([_COLLAPSE_CODE.get(k, 0) for k in kinds], float), (0.0, 1.0, 2.0),
-                    ("none", "length", "repetition")))
+    codes = tuple(float(v) for v in _COLLAPSE_CODE.values())
+    dims.append(Dim("collapse", np.array([_COLLAPSE_CODE.get(k, 0) for k in kinds], float), codes,
+                    ("none", *(TITLES[k] for k in KINDS)), (0.0, float(len(KINDS)))))
     acc = np.array([final_value(r, acc_key) for r in runs])
     return ParallelInfo(tuple(dims), acc, f"final {acc_key}", tuple(r.run_id for r in runs))
 
@@ -73,14 +79,15 @@ def _dim(name: str, raw: np.ndarray) -> Dim:
         vals = np.where(off, top, vals)
         tickvals.append(top)
         ticktext.append("off")
-    return Dim(name.removeprefix("eps_") + (" (log)" if use_log else ""), vals, tuple(tickvals), tuple(ticktext))
+    span = (min(tickvals), max(tickvals)) if len(tickvals) > 1 else None
+    return Dim(name.removeprefix("eps_") + (" (log)" if use_log else ""), vals, tuple(tickvals), tuple(ticktext), span)
 
 
 def _build_parallel(info: ParallelInfo) -> go.Figure:
     color = np.nan_to_num(info.color, nan=np.nanmin(info.color) if not np.isnan(info.color).all() else 0.0)
-    dims = [{"label": d.label, "values": d.values.astype(np.float32), "tickvals": d.tickvals, "ticktext": d.ticktext}
-            for d in info.dims]
-    fig = go.Figure(go.Parcoords(line={"color": color, "colorscale": "Viridis", "showscale": True,
+    dims = [{"label": d.label, "values": d.values.astype(np.float32), "tickvals": d.tickvals, "ticktext": d.ticktext,
+             **({"range": list(d.range)} if d.range else {})} for d in info.dims]
+    fig = go.Figure(go.Parcoords(line={"color": color, "colorscale": ACCURACY_SCALE, "showscale": True,
                                        "colorbar": {"title": {"text": info.color_label, "side": "right"}}},
                                  dimensions=dims))
     fig.update_layout(height=460, title="Clip space: one line per run, coloured by final accuracy")
@@ -95,6 +102,7 @@ class PairGrid(NamedTuple):
     mean: np.ndarray  # (ny, nx) mean final accuracy of the runs in each cell (NaN: none)
     count: np.ndarray  # (ny, nx) runs per cell
     collapsed: np.ndarray  # (ny, nx) collapsed runs per cell
+    se: np.ndarray  # (ny, nx) noise of a cell's mean: spread of its runs / sqrt(n), or one run's eval standard error
 
 
 class PairInfo(NamedTuple):
@@ -124,6 +132,7 @@ def _get_pair_info(runs: Sequence[RunRecord], acc_key: str | None) -> PairInfo:
     raw = {b: np.array([x[b] for x in bounds]) for b in BOUNDS}
     varying = [b for b in BOUNDS if len(np.unique(raw[b][~np.isnan(raw[b])])) > 1]
     acc = np.array([final_value(r, acc_key) for r in runs])
+    run_se = np.array([final_value(r, f"{acc_key}_se" if acc_key else None) for r in runs])
     collapsed = np.array([collapse_marker(r) is not None for r in runs])
     grids = []
     for i, bx in enumerate(varying):
@@ -139,23 +148,28 @@ def _get_pair_info(runs: Sequence[RunRecord], acc_key: str | None) -> PairInfo:
                     count[yi[j], xi[j]] += 1
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = np.where(count > 0, total / count, np.nan)
-            grids.append(PairGrid(bx, by, xl, yl, mean, count.astype(int), bad.astype(int)))
+            se = np.full(mean.shape, np.nan)
+            for a, b in zip(*np.nonzero(count)):
+                members = [j for j in range(len(runs)) if yi[j] == a and xi[j] == b and not np.isnan(acc[j])]
+                se[a, b] = (np.std(acc[members], ddof=1) / np.sqrt(len(members)) if len(members) > 1
+                            else run_se[members[0]])
+            grids.append(PairGrid(bx, by, xl, yl, mean, count.astype(int), bad.astype(int), se))
     return PairInfo(f"mean final {acc_key}", tuple(grids))
 
 
 def _build_pair(info: PairInfo) -> go.Figure:
     """Cells on integer axes (labels as ticks) so that a collapse mark can sit in a cell's corner."""
     fig = go.Figure()
-    finite = np.concatenate([g.mean[~np.isnan(g.mean)] for g in info.grids] or [np.array([])])
-    zmin, zmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    zmin, zmax = _color_range(info.grids)
     for i, g in enumerate(info.grids):
-        text = [[(f"{m:.3f}<br>n={c}" if c else "") for m, c in zip(mr, cr)] for mr, cr in zip(g.mean, g.count)]
+        text = [[(f"{m:.3f}{'' if np.isnan(e) else f' ± {e:.3f}'}<br>n={c}" if c else "")
+                 for m, c, e in zip(mr, cr, er)] for mr, cr, er in zip(g.mean, g.count, g.se)]
         hover = [[f"{g.x}={xl}<br>{g.y}={yl}<br>{info.metric}: {m:.3f}<br>runs: {c}, collapsed: {k}"
                   for xl, m, c, k in zip(g.x_labels, mr, cr, kr)]
                  for yl, mr, cr, kr in zip(g.y_labels, g.mean, g.count, g.collapsed)]
         fig.add_trace(go.Heatmap(z=g.mean, x=list(range(len(g.x_labels))), y=list(range(len(g.y_labels))), text=text,
                                  texttemplate="%{text}", customdata=hover, hovertemplate="%{customdata}<extra></extra>",
-                                 colorscale="Viridis", zmin=zmin, zmax=zmax, visible=i == 0,
+                                 colorscale=ACCURACY_SCALE, zmin=zmin, zmax=zmax, visible=i == 0,
                                  colorbar={"title": {"text": info.metric, "side": "right"}}))
         ys, xs = np.nonzero(g.collapsed)
         fig.add_trace(go.Scatter(
@@ -173,8 +187,22 @@ def _build_pair(info: PairInfo) -> go.Figure:
             {"label": f"{g.x} x {g.y}", "method": "update",
              "args": [{"visible": [k // 2 == i for k in range(2 * len(info.grids))]}, axes[i]]}
             for i, g in enumerate(info.grids)]}])
-    fig.update_layout(height=520, title=f"Pairs of bounds: {info.metric} (red x: collapsed runs / runs in the cell)")
+    fig.update_layout(height=520, title=f"Pairs of bounds: {info.metric} ± noise (red x: collapsed runs / runs in "
+                                        "the cell; colours span at least 4 noise widths)")
     return fig
+
+
+def _color_range(grids) -> tuple[float, float]:
+    """The cells' range, widened to at least 4 typical noise widths around its middle: cells that differ
+    by less than their noise get close colours instead of full contrast."""
+    means = np.concatenate([g.mean[~np.isnan(g.mean)] for g in grids] or [np.array([])])
+    if not len(means):
+        return 0.0, 1.0
+    lo, hi = float(means.min()), float(means.max())
+    ses = np.concatenate([g.se[~np.isnan(g.se)] for g in grids] or [np.array([])])
+    noise = float(np.median(ses)) if len(ses) else 0.0
+    mid, half = (lo + hi) / 2, max((hi - lo) / 2, 2 * noise, 1e-6)
+    return mid - half, mid + half
 
 
 class ImportanceInfo(NamedTuple):

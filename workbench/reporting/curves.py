@@ -18,8 +18,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.collapse import length_baseline
-from workbench.reporting.runs import (REGIMES, Marker, Curve, aligned, collapse_config, collapse_marker, curve,
-                                      final_value, group_runs, run_label, several_studies)
+from workbench.names import REGIMES, regime_key
+from workbench.reporting.runs import (Marker, Curve, aligned, bound_suffix, collapse_config, collapse_marker, curve,
+                                      final_value, group_runs, length_cap, run_label, several_studies, varied_bounds)
 from workbench.tracking import RunRecord
 
 TOP_GROUPS = 8  # learning curves: configurations drawn at first; the rest one legend click away
@@ -35,12 +36,20 @@ class Row(NamedTuple):
     title: str
     keys: tuple[str, ...]
     labels: tuple[str, ...]
+    unit: str = ""  # y-axis title
+    share: bool = False  # a share in [0, 1]: fixed axis, so one truncated response in 128 is not a spike
+
+
+class Guide(NamedTuple):
+    row: int  # index into the figure's rows
+    value: float
+    text: str
 
 
 class RunPanel(NamedTuple):
     label: str
     curves: dict[str, Curve]  # metric key -> its train-step series
-    guides: dict[int, float]  # row index -> horizontal reference value
+    guides: tuple[Guide, ...]  # horizontal reference lines (collapse limits, the length cap)
     marker: Marker | None
 
 
@@ -54,12 +63,12 @@ class PanelsInfo(NamedTuple):
 
 
 def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], default: int,
-            guides=lambda run: {}) -> PanelsInfo:
-    panels, seen, with_study = [], set(), several_studies(runs)
+            guides=lambda run: ()) -> PanelsInfo:
+    panels, seen, with_study, varied = [], set(), several_studies(runs), varied_bounds(runs)
     for r in runs:
         found = {k: c for row in rows for k in row.keys if (c := curve(r, k)) is not None}
         seen |= set(found)
-        panels.append(RunPanel(run_label(r, with_study), found, guides(r), collapse_marker(r)))
+        panels.append(RunPanel(run_label(r, with_study) + bound_suffix(r, varied), found, guides(r), collapse_marker(r)))
     missing = tuple(k for row in rows for k in row.keys if k not in seen)
     undefined = {}
     for k in (k for row in rows for k in row.keys if k in seen):
@@ -71,9 +80,10 @@ def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], defaul
 
 def _get_exploration_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
     rows = (
-        Row("token entropy", ("entropy/mean", *(f"regime/{g}/entropy" for g in REGIMES)), ("all tokens", *REGIMES)),
-        Row("clip fraction", tuple(f"regime/{g}/clip_frac" for g in REGIMES), REGIMES),
-        Row("token share", tuple(f"regime/{g}/token_frac" for g in REGIMES), REGIMES),
+        Row("token entropy", ("entropy/mean", *(regime_key(g, "entropy") for g in REGIMES)), ("all tokens", *REGIMES),
+            "entropy (nats)"),
+        Row("clip fraction", tuple(regime_key(g, "clip_frac") for g in REGIMES), REGIMES, "share clipped", True),
+        Row("token share", tuple(regime_key(g, "token_frac") for g in REGIMES), REGIMES, "share of tokens", True),
     )
     return _panels("Exploration / distillation", rows, runs, _best_index(runs, acc_key))
 
@@ -85,17 +95,24 @@ def _best_index(runs: Sequence[RunRecord], acc_key: str | None) -> int:
 
 def _get_collapse_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
     rows = (
-        Row("repetition rate", ("response/repetition_rate",), ("repetition rate",)),
+        Row("repetition rate", ("response/repetition_rate",), ("repetition rate",), "repeated n-gram share", True),
         Row("response length", ("response/length_mean", "response/length_correct", "response/length_incorrect"),
-            ("all", "correct", "incorrect")),
-        Row("truncated share", ("response/truncated_frac",), ("truncated",)),
+            ("all", "correct", "incorrect"), "tokens"),
+        Row("truncated share", ("response/truncated_frac",), ("truncated",), "share of responses", True),
     )
 
-    def guides(run: RunRecord) -> dict[int, float]:
+    def guides(run: RunRecord) -> tuple[Guide, ...]:
         cfg = collapse_config(run)
         _, (length,) = aligned(run, ("response/length_mean",))
         base = length_baseline(length.tolist())
-        return {0: cfg.repetition_threshold, **({1: cfg.length_ratio * base} if base else {})}
+        out = [Guide(0, cfg.repetition_threshold, f"collapse limit {cfg.repetition_threshold:.3g}"),
+               Guide(2, cfg.truncation_threshold, f"collapse limit {cfg.truncation_threshold:.3g}")]
+        if base:
+            out.append(Guide(1, cfg.length_ratio * base, f"collapse limit {cfg.length_ratio * base:.3g}"))
+        cap = length_cap(run)
+        if cap:
+            out.append(Guide(1, cap, f"length cap {cap:g}"))
+        return tuple(out)
 
     collapsed = [i for i, r in enumerate(runs) if collapse_marker(r)]
     default = collapsed[0] if collapsed else _best_index(runs, acc_key)  # a collapse is what this figure is for
@@ -119,10 +136,11 @@ def _build_panels(info: PanelsInfo) -> go.Figure:
                     continue
                 color = COLORS.get(key) or COLORS.get(label) or PALETTE[row.keys.index(key) % len(PALETTE)]
                 # Markers where NaNs cut the line: a value between two gaps would otherwise not show.
+                # No line across a missing step: a regime statistic may be undefined for most steps.
                 mode = "lines+markers" if np.isnan(c.values).any() else "lines"
                 fig.add_trace(go.Scatter(
                     x=c.steps.astype(np.int32), y=c.values.astype(np.float32), name=label, mode=mode,
-                    marker={"size": 4}, connectgaps=True,
+                    marker={"size": 4}, connectgaps=False,
                     line={"color": color, "width": 2.5 if label == "all tokens" else 1.5}, legendgroup=label,
                     showlegend=(r == 1 or label not in info.rows[0].labels), visible=i == info.default), row=r, col=1)
                 visible.append(i)
@@ -131,24 +149,30 @@ def _build_panels(info: PanelsInfo) -> go.Figure:
     fig.update_layout(height=260 * n + 120, title=f"{info.title}: {info.runs[info.default].label}"
                       if info.runs else info.title, legend={"orientation": "h", "y": -0.08}, **layouts[info.default])
     fig.update_xaxes(title_text="training step", row=n, col=1)
+    for r, row in enumerate(info.rows, start=1):
+        fig.update_yaxes(title_text=row.unit or None, row=r, col=1, **({"range": [-0.02, 1.02]} if row.share else {}))
     if len(info.runs) > 1:
         buttons = [{"label": run.label, "method": "update",
                     "args": [{"visible": [v == i for v in visible]},
                              {**layouts[i], "title.text": f"{info.title}: {run.label}"}]}
                    for i, run in enumerate(info.runs)]
-        fig.update_layout(updatemenus=[{"buttons": buttons, "active": info.default, "x": 1.0, "xanchor": "right",
-                                        "y": 1.08, "yanchor": "bottom"}])
+        # Top left, above the title: plotly's toolbar sits top right.
+        fig.update_layout(margin={"t": 130}, updatemenus=[{"buttons": buttons, "active": info.default, "x": 0.0,
+                                                           "xanchor": "left", "y": 1.0, "yanchor": "bottom",
+                                                           "pad": {"b": 40}}])
     return fig
 
 
 def _panel_layout(info: PanelsInfo, run: RunPanel, base_notes: list) -> dict:
     shapes, notes = [], list(base_notes)
-    for row, value in run.guides.items():
-        xref, yref = f"{_axis('x', row + 1)} domain", _axis("y", row + 1)
-        shapes.append({"type": "line", "xref": xref, "x0": 0, "x1": 1, "yref": yref, "y0": value, "y1": value,
-                       "line": {"color": "#888", "dash": "dot", "width": 1}})
-        notes.append({"x": 1, "xref": xref, "xanchor": "right", "y": value, "yref": yref, "yanchor": "bottom",
-                      "showarrow": False, "text": f"collapse limit {value:.3g}", "font": {"color": "#666", "size": 10}})
+    for g in run.guides:
+        xref, yref = f"{_axis('x', g.row + 1)} domain", _axis("y", g.row + 1)
+        cap = g.text.startswith("length cap")
+        shapes.append({"type": "line", "xref": xref, "x0": 0, "x1": 1, "yref": yref, "y0": g.value, "y1": g.value,
+                       "line": {"color": "#444" if cap else "#888", "dash": "dash" if cap else "dot", "width": 1}})
+        notes.append({"x": 0 if cap else 1, "xref": xref, "xanchor": "left" if cap else "right", "y": g.value,
+                      "yref": yref, "yanchor": "bottom", "showarrow": False, "text": g.text,
+                      "font": {"color": "#666", "size": 10}})
     if run.marker:
         m = run.marker
         shapes.append({"type": "line", "xref": "x", "x0": m.step, "x1": m.step, "yref": "paper", "y0": 0, "y1": 1,
@@ -199,15 +223,27 @@ def _band(runs: Sequence[RunRecord], key: str) -> Band | None:
         return Band(steps, np.nanmean(vals, 0), np.nanmin(vals, 0), np.nanmax(vals, 0), np.nanmean(mins, 0))
 
 
+def _with_se(band: Band, runs: Sequence[RunRecord], key: str) -> Band:
+    """One seed has no spread to show: its band is the evaluation's standard error, where logged."""
+    if len(runs) > 1 or not key.endswith("/accuracy") or f"{key}_se" not in runs[0].metrics:
+        return band
+    se = _band(runs, f"{key}_se")
+    if se is None or not np.array_equal(se.steps, band.steps):
+        return band
+    return band._replace(lo=band.mean - se.mean, hi=band.mean + se.mean)
+
+
 def _get_learning_info(runs: Sequence[RunRecord], acc_key: str | None) -> LearningInfo:
     present = {k for r in runs for k in r.metrics}
     evals = sorted(k for k in present if re.fullmatch(r"eval/[a-z0-9_.]+/(accuracy|pass_at_\d+)", k))
     wanted = ("reward/mean", "train/accuracy")
     keys = tuple(k for k in wanted if k in present) + tuple(evals)
     missing = tuple(k for k in wanted if k not in present) + (() if evals else ("eval/<benchmark>/accuracy",))
+    if "reward/mean" in keys and "train/accuracy" in keys and _same_series(runs, "reward/mean", "train/accuracy"):
+        keys = tuple(k for k in keys if k != "reward/mean")  # 0/1 rewards, no shaping: one panel, not two
     groups = []
     for g in group_runs(runs):
-        curves = {k: b for k in keys if (b := _band(g.runs, k)) is not None}
+        curves = {k: _with_se(b, g.runs, k) for k in keys if (b := _band(g.runs, k)) is not None}
         finals = [final_value(r, acc_key) for r in g.runs]
         final = float(np.nanmean(finals)) if not np.isnan(finals).all() else math.nan
         groups.append(GroupCurves(g.label, tuple(r.run_id for r in g.runs), final, curves))
@@ -234,7 +270,7 @@ def _build_learning(info: LearningInfo) -> go.Figure:
                 continue
             mode = "lines+markers" if key.startswith("eval/") else "lines"
             for col, x in ((1, b.steps.astype(np.int32)), (2, b.minutes.astype(np.float32))):
-                if len(g.run_ids) > 1:
+                if len(g.run_ids) > 1 or np.any(b.hi > b.lo):
                     ok = ~np.isnan(b.lo)
                     fig.add_trace(go.Scatter(
                         x=np.concatenate([x[ok], x[ok][::-1]]),
@@ -246,9 +282,38 @@ def _build_learning(info: LearningInfo) -> go.Figure:
                                          legendgroup=g.label, showlegend=first, visible=visible), row=r, col=col)
                 first = False
     for r, key in enumerate(info.keys, start=1):
-        fig.update_yaxes(title_text=key, row=r, col=1)
+        fig.update_yaxes(title_text=axis_title(key), row=r, col=1, range=[-0.02, 1.02] if _is_share(key) else None)
+        fig.update_yaxes(range=[-0.02, 1.02] if _is_share(key) else None, row=r, col=2)
     fig.update_xaxes(title_text="training step", row=n, col=1)
     fig.update_xaxes(title_text="minutes since run start", row=n, col=2)
-    fig.update_layout(height=230 * n + 200, title="Learning curves (mean over seeds, band: min-max)",
+    fig.update_layout(height=230 * n + 200, title="Learning curves (mean over seeds; band: min-max over seeds, or +- the evaluation's standard error for one seed)",
                       legend={"orientation": "h", "y": -0.12, "font": {"size": 10}})
     return fig
+
+
+def _same_series(runs: Sequence[RunRecord], a: str, b: str) -> bool:
+    """Whether every run logged `a` and `b` with the same values (reward is accuracy when nothing shapes it)."""
+    for r in runs:
+        x, y = r.metrics.get(a), r.metrics.get(b)
+        if x is None or y is None:
+            continue
+        if len(x.values) != len(y.values) or not np.allclose(x.values, y.values, equal_nan=True):
+            return False
+    return True
+
+
+_TITLES = {"reward/mean": "mean reward", "train/accuracy": "train accuracy"}
+
+
+def axis_title(key: str) -> str:
+    """A y-axis title in words, with the metric key for reference."""
+    if key in _TITLES:
+        return _TITLES[key]
+    m = re.fullmatch(r"eval/([a-z0-9_.]+)/(accuracy|pass_at_(\d+))", key)
+    if m:
+        return f"{'avg@k' if m.group(2) == 'accuracy' else 'pass@' + m.group(3)}, {m.group(1)}"
+    return key
+
+
+def _is_share(key: str) -> bool:
+    return key == "train/accuracy" or bool(re.fullmatch(r"eval/[a-z0-9_.]+/(accuracy|pass_at_\d+)", key))

@@ -13,12 +13,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from workbench.collapse import detect_collapse
+from workbench.collapse import SIGNALS, Criterion, assess, verdict
 from workbench.config import CollapseConfig
 from workbench.study import BOUNDS
 from workbench.tracking import RunRecord
 
-REGIMES = ("pos_up", "pos_down", "neg_up", "neg_down")  # == workbench.regimes.REGIMES, without importing torch
 
 
 class Curve(NamedTuple):
@@ -27,7 +26,7 @@ class Curve(NamedTuple):
 
 
 class Marker(NamedTuple):
-    kind: str  # "repetition" | "length"
+    kind: str  # one of workbench.collapse.KINDS
     step: int
     source: str  # "run tag" | "detected"
 
@@ -45,6 +44,13 @@ def final_value(run: RunRecord, key: str | None) -> float:
     s = run.metrics.get(key) if key else None
     ok = s.values[~np.isnan(s.values)] if s is not None else np.array([])
     return float(ok[-1]) if len(ok) else math.nan
+
+
+def start_value(run: RunRecord, key: str | None) -> float:
+    """The first logged value (for eval keys: step 0, before any update)."""
+    s = run.metrics.get(key) if key else None
+    ok = s.values[~np.isnan(s.values)] if s is not None else np.array([])
+    return float(ok[0]) if len(ok) else math.nan
 
 
 def best_value(run: RunRecord, key: str | None) -> float:
@@ -120,16 +126,20 @@ def aligned(run: RunRecord, keys: Sequence[str]) -> tuple[np.ndarray, list[np.nd
     return steps, out
 
 
+def collapse_criteria(run: RunRecord) -> tuple[Criterion, ...]:
+    """Each collapse criterion's state on the run's stored series (the trainer's detector, same thresholds)."""
+    keys = tuple(SIGNALS.values())
+    steps, values = aligned(run, keys)
+    return assess(steps.tolist(), {k: v.tolist() for k, v in zip(keys, values)}, collapse_config(run))
+
+
 def collapse_marker(run: RunRecord) -> Marker | None:
     """The run's `collapse` tag when the trainer set one, else detection on its stored series."""
     kind, step = run.tags.get("collapse"), run.tags.get("collapse_step")
-    if kind and step and step.lstrip("-").isdigit():
+    if kind and kind != "none" and step and step.lstrip("-").isdigit():
         return Marker(kind, int(step), "run tag")
-    steps, (rep, length) = aligned(run, ("response/repetition_rate", "response/length_mean"))
-    if not len(steps):
-        return None
-    verdict = detect_collapse(steps.tolist(), rep.tolist(), length.tolist(), collapse_config(run))
-    return Marker(verdict.kind, verdict.onset_step, "detected") if verdict.kind else None
+    found = verdict(collapse_criteria(run))
+    return Marker(found.kind, found.onset_step, "detected") if found.kind else None
 
 
 def run_wall_s(run: RunRecord) -> float:
@@ -200,3 +210,43 @@ def fmt_bound(v: float, name: str = "") -> str:
     if bound_off(name, v):
         return "off"
     return f"{v:g}"
+
+
+def varied_bounds(runs: Sequence[RunRecord]) -> tuple[str, ...]:
+    """The bounds whose values differ across `runs` (the ones a label must name)."""
+    values = [run_bounds(r) for r in runs]
+    return tuple(b for b in BOUNDS if len({fmt_bound(v[b], b) for v in values}) > 1)
+
+
+def bound_suffix(run: RunRecord, bounds: Sequence[str]) -> str:
+    """": neg_up=0.01 neg_down=off" for the bounds that vary among the runs shown; "" when none do."""
+    if not bounds:
+        return ""
+    b = run_bounds(run)
+    return ": " + " ".join(f"{k.removeprefix('eps_')}={fmt_bound(b[k], k)}" for k in bounds)
+
+
+def length_cap(run: RunRecord) -> float | None:
+    """`rollout.max_new_tokens`: where responses are cut (and counted as truncated)."""
+    v = _float(run.params.get("rollout.max_new_tokens"))
+    return None if math.isnan(v) else v
+
+
+_SAME_CONFIG = {"seed", "run_name", "experiment", "threads", "checkpoint_every", "sample_every"}
+
+
+def confounders(runs: Sequence[RunRecord], searched: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
+    """Params (other than the bounds, the seed and `searched` names) whose values differ across `runs`.
+
+    A difference in accuracy between such runs cannot be credited to the bounds alone.
+    """
+    keys = {k for r in runs for k in r.params}
+    skip = {f"objective.params.{b}" for b in BOUNDS} | {"objective.params.eps_low", "objective.params.eps_high"}
+    out = {}
+    for k in sorted(keys):
+        if k in skip or k in _SAME_CONFIG or k.rsplit(".", 1)[-1] in searched or k in searched:
+            continue
+        values = tuple(dict.fromkeys(r.params.get(k, "(unset)") for r in runs))
+        if len(values) > 1:
+            out[k] = values
+    return out

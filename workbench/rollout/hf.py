@@ -4,23 +4,38 @@ The backend samples from whatever module it was given; the trainer hands it the 
 snapshot the rollout must come from (see `sync_weights`). Sampling log-probs are not
 returned: the trainer recomputes `old_logp` with the very same module, so there is no
 engine/trainer mismatch to report on this backend.
+
+Sampling runs its own decode loop over transformers' KV cache and logits warpers rather than
+`generate`: a sequence that has emitted <eos> leaves the batch (its rows of the cache are
+dropped), where `generate` keeps decoding every finished row as padding until the longest
+one ends. With responses of mean length ~19 out of 32 that padding is about 40% of the
+positions. Tokens are drawn the way `generate` draws them (temperature, then top-p, then one
+multinomial draw per row; argmax at temperature 0), so a seed still fixes a rollout;
+`decode="generate"` keeps the transformers call.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterable
 
 import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from workbench.rollout.base import Rollouts, Sampling, encode_prompts
 
 
 class HFBackend:
-    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device | str = "cpu", chunk_size: int = 512):
+    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device | str = "cpu", chunk_size: int = 512,
+                 decode: str = "loop"):
+        if decode not in ("loop", "generate"):
+            raise ValueError(f"decode must be 'loop' or 'generate', got {decode!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.chunk_size = chunk_size  # sequences per generate call, bounds activation + KV memory
+        self.decode = decode
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> Rollouts:
@@ -34,7 +49,8 @@ class HFBackend:
         try:
             for start in range(0, len(expanded), self.chunk_size):
                 chunk = expanded[start:start + self.chunk_size]
-                r, f = self._generate_chunk(chunk, sampling)
+                step = self._decode_chunk if self.decode == "loop" else self._generate_chunk
+                r, f = step(chunk, sampling)
                 responses += r
                 reasons += f
         finally:
@@ -69,6 +85,46 @@ class HFBackend:
             else:
                 responses.append(row)
                 reasons.append("length")
+        return responses, reasons
+
+    def _decode_chunk(self, chunk: list[list[int]], sampling: Sampling) -> tuple[list[list[int]], list[str]]:
+        tok = self.tokenizer
+        width = max(len(c) for c in chunk)
+        pad, eos = tok.pad_token_id, tok.eos_token_id
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=self.device)
+        attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=self.device)
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        greedy = sampling.temperature == 0
+        warp = LogitsProcessorList()
+        if not greedy and sampling.temperature != 1.0:
+            warp.append(TemperatureLogitsWarper(sampling.temperature))
+        if not greedy and sampling.top_p < 1.0:
+            warp.append(TopPLogitsWarper(sampling.top_p))
+        responses: list[list[int]] = [[] for _ in chunk]
+        alive = torch.arange(len(chunk), device=self.device)  # chunk row of each batch row still decoding
+        cache = DynamicCache(config=getattr(self.model, "config", None))
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        for t in range(sampling.max_new_tokens):
+            out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                             use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+            logits = out.logits[:, -1].float()
+            if greedy:
+                nxt = logits.argmax(dim=-1)
+            else:
+                nxt = torch.multinomial(torch.softmax(warp(ids, logits), dim=-1), 1).squeeze(1)
+            for row, token in zip(alive.tolist(), nxt.tolist()):
+                responses[row].append(token)
+            going = nxt != eos
+            if t == sampling.max_new_tokens - 1 or not going.any():
+                break
+            if not going.all():  # finished rows leave the batch and the cache
+                keep = going.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                alive, nxt, attention, positions = alive[keep], nxt[keep], attention[keep], positions[keep]
+            ids = nxt.unsqueeze(1)
+            attention = torch.cat([attention, attention.new_ones(len(alive), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+        reasons = ["stop" if r and r[-1] == eos else "length" for r in responses]
         return responses, reasons
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

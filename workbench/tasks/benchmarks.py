@@ -17,33 +17,17 @@ goes through math-verify, so `\\frac{1}{2}` and `0.5` still match.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qsl
 
 from workbench.config import TaskConfig
 from workbench.errors import first_line
+from workbench.params import HUB_SETS
 from workbench.tasks.micro import Problem, build_task
 
 FILE_PREFIX = "file:"
 _QUESTION_FIELDS = ("problem", "question", "prompt")
-
-
-@dataclass(frozen=True)
-class HubSet:
-    dataset_id: str
-    question: str
-    answer: str
-
-
-HUB_SETS: dict[str, HubSet] = {
-    "aime24": HubSet("HuggingFaceH4/aime_2024", "problem", "answer"),
-    "aime25": HubSet("math-ai/aime25", "problem", "answer"),
-    "amc23": HubSet("math-ai/amc23", "question", "answer"),
-    "math500": HubSet("HuggingFaceH4/MATH-500", "problem", "answer"),
-    "minerva": HubSet("math-ai/minervamath", "question", "answer"),
-}
 
 
 def _micro(task_cfg: TaskConfig) -> list[Problem]:

@@ -1,0 +1,196 @@
+"""dispo-wb against TRL's GRPOTrainer on the same micro config, side by side.
+
+    pip install -e '.[scale]'                  # TRL and accelerate
+    python benchmarks/vs_trl.py                # micro-3m, 16 prompts x 8 samples, 32 new tokens, 3 pairs
+    python benchmarks/vs_trl.py --pairs 5 --rollouts 3 --lag 64 --model micro-3m --new-tokens 32
+
+Both arms start from the same weights (the cached SFT warm start of the seed, built first if
+missing, not timed), the same character tokenizer, the same prompts generator and the same
+sampling (temperature 1, full distribution). TRL is matched to dispo-wb's step: one rollout
+batch of 16 prompts x 8 samples (`steps_per_generation=16`, `per_device_train_batch_size=8`,
+`gradient_accumulation_steps=1`, so TRL recomputes old log-probs after generation, as
+dispo-wb does) followed by 16 AdamW steps; no KL term. A "step" below is that whole cycle.
+
+Each arm runs in its own process (peak RSS is that process's `ru_maxrss`; dispo-wb's reward
+worker processes are not in it, TRL scores in-process). Pairs alternate the order (AB, BA,
+...), the load average is printed with each pair, and the ratio is taken from the medians of
+this one invocation: on a shared machine only figures from the same run compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PHASES = ("generate", "reward", "old_logp", "update", "tracking")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config(args, steps: int):
+    from workbench.config import build_run_config
+
+    return build_run_config({
+        "model": {"name": args.model}, "seed": args.seed, "threads": args.threads, "steps": steps,
+        "rollout_lag": args.lag, "updates_per_rollout": 16, "lr": 5e-6,
+        "rollout": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": args.new_tokens},
+        "eval": {"benchmarks": [], "every": 10 ** 6}, "sft": {"enabled": not args.no_sft},
+        "checkpoint_every": 10 ** 6, "sample_every": 10 ** 6})
+
+
+def arm_ours(args) -> dict:
+    from workbench import tracking
+    from workbench.trainer import train
+
+    steps = args.rollouts + 1  # the first step warms caches and allocators and is not counted
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        res = train(_config(args, steps), tracking_uri=uri, progress=False, checkpoint_root=f"{tmp}/ck")
+        keys = ["perf/step_s", "perf/rollout_tokens_per_s", "perf/rollout_positions_per_s"] + [f"perf/{p}_s" for p in PHASES]
+        h = tracking.metric_histories(res.run_id, keys, uri)
+        ckpt = sum(f.stat().st_size for f in Path(f"{tmp}/ck").rglob("state.pt"))
+    per = {k: [v for s, v in h[k] if s > 1] for k in keys}
+    step_s = [a + b for a, b in zip(per["perf/step_s"], per["perf/tracking_s"])]
+    return {"s_per_step": statistics.median(step_s),
+            **{p: statistics.median(per[f"perf/{p}_s"]) for p in PHASES},
+            "real_tok_s": statistics.median(per["perf/rollout_tokens_per_s"]),
+            "positions_s": statistics.median(per["perf/rollout_positions_per_s"]),
+            "peak_rss_mb": _peak_rss_mb(), "checkpoint_mb": ckpt / 2 ** 20}
+
+
+def arm_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from workbench.rewards import score_answer
+    from workbench.sft import warm_start
+    from workbench.tasks.micro import build_task
+
+    cfg = _config(args, args.rollouts + 1)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    model, tok, _ = warm_start(cfg, log=lambda *_: None)
+    task, rng = build_task(cfg.task), random.Random(args.seed)
+    steps = (args.rollouts + 1) * 16
+    # Plain-text prompts: TRL encodes them with the tokenizer's special tokens (<bos>), as dispo-wb does.
+    problems = task.train_batch(rng, 16 * (args.rollouts + 1))
+    data = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems])
+
+    def reward(completions, answer, **_):
+        return [score_answer(c, a, require_boxed=True) for c, a in zip(completions, answer)]
+
+    marks: list[float] = []
+    gen_s: list[float] = []
+    real_tokens: list[int] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+    generate = model.generate
+
+    def timed_generate(*a, **k):
+        t = time.perf_counter()
+        out = generate(*a, **k)
+        gen_s.append(time.perf_counter() - t)
+        width = k["input_ids"].shape[1] if "input_ids" in k else a[0].shape[1]
+        resp = out[:, width:]
+        ended = (resp == tok.eos_token_id).int()
+        lengths = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], resp.shape[1]))
+        real_tokens.append(int(lengths.sum()))
+        return out
+
+    model.generate = timed_generate
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = GRPOConfig(
+            output_dir=tmp, max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+            steps_per_generation=16, num_generations=8, num_iterations=1, max_completion_length=args.new_tokens,
+            temperature=1.0, top_p=1.0, top_k=0, learning_rate=5e-6, weight_decay=0.0, max_grad_norm=1.0,
+            lr_scheduler_type="constant", warmup_steps=0, beta=0.0, loss_type="dapo", use_cpu=True, bf16=False,
+            report_to="none", save_strategy="no", logging_steps=16, disable_tqdm=True, seed=args.seed,
+            shuffle_dataset=False, dataloader_num_workers=0)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=targs, train_dataset=data, processing_class=tok,
+                              callbacks=[Clock()])
+        torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        trainer.train()
+    starts = [t0] + marks
+    cycles = [starts[(i + 1) * 16] - starts[i * 16] for i in range(1, args.rollouts + 1)]
+    gens = gen_s[1:args.rollouts + 1]
+    return {"s_per_step": statistics.median(cycles), "generate": statistics.median(gens),
+            "real_tok_s": statistics.median(n / s for n, s in zip(real_tokens[1:], gens)),
+            "positions_s": statistics.median(128 * args.new_tokens / s for s in gens),
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _run_arm(name: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--arm", name, *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{name} arm failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fmt(r: dict) -> str:
+    phases = " ".join(f"{p} {r[p]:.2f}" for p in PHASES if p in r)
+    ck = f"  checkpoint {r['checkpoint_mb']:.0f} MB" if "checkpoint_mb" in r else ""
+    return (f"{r['s_per_step']:6.2f} s/step  [{phases}]  gen real {r['real_tok_s']:.0f} tok/s, "
+            f"positions {r['positions_s']:.0f}/s  peak RSS {r['peak_rss_mb']:.0f} MB{ck}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--rollouts", type=int, default=3, help="measured rollout batches per arm (one more warms up)")
+    ap.add_argument("--model", default="micro-3m")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--lag", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-sft", action="store_true", help="start from the freshly initialised model")
+    ap.add_argument("--arm", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.arm:
+        print(json.dumps((arm_ours if args.arm == "ours" else arm_trl)(args)))
+        return
+    argv = [a for a in sys.argv[1:]]
+    if not args.no_sft:  # build the warm start once, outside every timed process
+        from workbench.sft import warm_start
+
+        warm_start(_config(args, 1), log=lambda *_: None)
+    print(f"{args.model}, 16 prompts x 8 samples, {args.new_tokens} new tokens, 16 AdamW steps per rollout batch, "
+          f"lag {args.lag}, {args.threads} threads; {args.rollouts} measured rollout batches per arm")
+    results: dict[str, list[dict]] = {"ours": [], "trl": []}
+    for i in range(args.pairs):
+        order = ["ours", "trl"] if i % 2 == 0 else ["trl", "ours"]
+        load_before = os.getloadavg()[0]
+        for name in order:
+            results[name].append(_run_arm(name, argv))
+        print(f"pair {i + 1} (load avg {load_before:.2f} -> {os.getloadavg()[0]:.2f}, order {'/'.join(order)})")
+        for name in ("ours", "trl"):
+            print(f"  {'dispo-wb' if name == 'ours' else 'TRL':8s} {_fmt(results[name][-1])}")
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
+    print("medians")
+    for name in ("ours", "trl"):
+        print(f"  {'dispo-wb' if name == 'ours' else 'TRL':8s} {_fmt(med[name])}")
+    print(f"ratio dispo-wb / TRL: s/step {med['ours']['s_per_step'] / med['trl']['s_per_step']:.2f}x, "
+          f"peak RSS {med['ours']['peak_rss_mb'] / med['trl']['peak_rss_mb']:.2f}x, "
+          f"generation real tokens/s {med['ours']['real_tok_s'] / med['trl']['real_tok_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The workbench's vocabulary: regime names, metric keys, MLflow tag names and run statuses.
+
+A bottom module: it imports nothing from the workbench, nor torch, transformers or mlflow, so
+the trainer, the sweep, the tracking layer, the report and the tests spell every key, tag and
+status through it (DESIGN.md section 2) and a rename is one edit.
+"""
+
+from __future__ import annotations
+
+# --- regimes and metric keys ---------------------------------------------------------------------
+
+# DISPO's four regimes: sign of the advantage (pos: correct, neg: incorrect) x weight up or down.
+REGIMES: tuple[str, ...] = ("pos_up", "pos_down", "neg_up", "neg_down")
+REGIME_STATS: tuple[str, ...] = ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy")
+
+
+def regime_key(regime: str, stat: str) -> str:
+    """`regime/<regime>/<stat>`, e.g. regime_key("neg_up", "clip_frac")."""
+    return f"regime/{regime}/{stat}"
+
+
+def benchmark_key(name: str) -> str:
+    """Benchmark name as it appears in metric keys (`^[a-z0-9_/.]+$`): `file:a/b.jsonl` -> `file_a_b.jsonl`."""
+    return "".join(c if c.isalnum() or c in "_." else "_" for c in name.lower())
+
+
+def eval_key(benchmark: str, stat: str) -> str:
+    """`eval/<benchmark>/<stat>` with the benchmark name made key-safe: stat is accuracy or pass_at_<k>."""
+    return f"eval/{benchmark_key(benchmark)}/{stat}"
+
+
+def pass_at(k: int) -> str:
+    return f"pass_at_{k}"
+
+
+# --- MLflow tags ---------------------------------------------------------------------------------
+
+TAG_KIND = "dispo.kind"  # train | study | trial
+TAG_STUDY = "dispo.study"
+TAG_TRIAL = "dispo.trial"
+TAG_SEED = "dispo.seed"
+TAG_STATE = "dispo.state"  # a trial run's Optuna state
+TAG_DIRECTIONS = "dispo.directions"
+TAG_SEEDS = "dispo.seeds"
+TAG_COMPLETE = "dispo.complete"
+TAG_PID = "dispo.pid"  # the process that writes a training run, to tell a dead run from a live one
+TAG_HOST = "dispo.host"
+TAG_PROC_START = "dispo.proc_start"  # that process's start time (ticks since boot), against pid reuse
+TAG_PARENT = "mlflow.parentRunId"
+TAG_FAILURE = "failure_reason"
+TAG_COLLAPSE = "collapse"
+TAG_COLLAPSE_STEP = "collapse_step"
+TAG_OPTUNA_STORAGE = "optuna.storage"
+TAG_OPTUNA_SAMPLER = "optuna.sampler"
+
+KIND_TRAIN, KIND_STUDY, KIND_TRIAL = "train", "study", "trial"
+
+# --- run statuses ----------------------------------------------------------------------------------
+
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+STOPPED = "STOPPED"  # a RunResult only: ended early by on_eval or a collapse stop; MLflow records FINISHED
