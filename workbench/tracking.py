@@ -100,6 +100,7 @@ class RunTracker:
         self = cls.__new__(cls)
         self.client = _client(tracking_uri)
         self.run_id = run_id
+        self.logged = {}
         return self
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
