@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,report,services]'
+	$(PY) -m pip install -q -e '.[dev,report,services,trl]'
 	touch $@
 
 install-verl: $(VERL_VENV)/.installed

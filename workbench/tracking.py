@@ -99,6 +99,15 @@ class RunTracker:
         for name, text in (artifacts or {}).items():
             self.log_text(text, name)
 
+    @classmethod
+    def attach(cls, run_id: str, tracking_uri: str | None = None) -> "RunTracker":
+        """A writer for an existing run, left as it is (an engine process logging into the run we created)."""
+        self = cls.__new__(cls)
+        self.client = _client(tracking_uri)
+        self.run_id = run_id
+        self.logged = {}
+        return self
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """All of a step's metrics in one call (a call costs milliseconds; a step logs ~50 keys)."""
         from mlflow.entities import Metric
