@@ -15,6 +15,7 @@ A study file is YAML with these keys (all but `base` and `space` optional):
     pruner: median                  # none | median | percentile | hyperband (single objective only)
     workers: 2
     storage: null                   # default: <study file>.journal next to the file
+    claims: [...]                   # what the study tests, declared before it runs (workbench.claims)
 
 Space keys are the four bounds (`eps_pos_up`, `eps_pos_down`, `eps_neg_up`, `eps_neg_down`,
 i.e. `objective.params.<name>`), `objective`, `lr`, `updates_per_rollout`, `rollout_lag`, any
@@ -38,6 +39,7 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from workbench.claims import ClaimSpec, check_claims
 from workbench.config import ConfigError, RunConfig, build_run_config, format_validation_error, read_yaml
 
 BOUNDS = ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down")
@@ -122,6 +124,7 @@ class _StudyModel(_Strict):
     pruner: PrunerSpec | Literal["none", "median", "percentile", "hyperband"] | None = None
     workers: int = Field(1, ge=1)
     storage: str | None = None
+    claims: list[ClaimSpec] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class Study:
     workers: int
     storage: str | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    claims: list[ClaimSpec] = field(default_factory=list)  # what the study was declared to test
 
     @property
     def prunes_on_collapse(self) -> bool:
@@ -209,12 +213,17 @@ def parse_study(data: dict[str, Any], path: Path) -> Study:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         errors.append(f"name: the study is named after the file ({name!r}), which needs letters, digits, "
                       f"'_', '.' or '-' only; set `name:`")
+    arm_dim = space.get(ARM)
+    prunes = pruner.name != "none" or all(d.metric != "collapse" for d in directions)
+    errors += check_claims(model.claims, list(arm_dim.arms) if arm_dim and arm_dim.arms else None, len(model.seeds),
+                           prunes)
     if errors:
         raise ConfigError(errors)
     assert base is not None and n_trials is not None
     return Study(name=name, path=path, base=base, base_data=model.base, space=space,
                  sampler=model.sampler, sampler_seed=model.sampler_seed, n_trials=n_trials, directions=directions,
-                 seeds=list(model.seeds), pruner=pruner, workers=model.workers, storage=model.storage, raw=data)
+                 seeds=list(model.seeds), pruner=pruner, workers=model.workers, storage=model.storage, raw=data,
+                 claims=list(model.claims))
 
 
 def parse_direction(text: str) -> Direction:

@@ -47,10 +47,12 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from workbench import shared_storage, tracking
+from workbench.claims import claims_tag
 from workbench.config import dump_yaml
 from workbench.credentials import redact as _redact_text, take_password
 from workbench.errors import UserError
-from workbench.study import Direction, Study, default_storage, load_study_file
+from workbench.names import TAG_ARM
+from workbench.study import ARM, Direction, Study, default_storage, load_study_file
 from workbench.trial_process import TrialCrashed, describe_exit, die_with_parent, run_training
 
 TRAIN_FN = "workbench.trainer.train"
@@ -343,7 +345,7 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
             study_name=study.name, experiment=study.base.experiment, tracking_uri=tracking_uri,
             tags={"optuna.storage": redact(url), "optuna.sampler": study.sampler,
                   "dispo.directions": "; ".join(d.label for d in study.directions),
-                  "dispo.seeds": ",".join(map(str, study.seeds))},
+                  "dispo.seeds": ",".join(map(str, study.seeds)), **claims_tag(study.claims)},
             texts={"base_config.yaml": dump_yaml(study.base)}, files=[study.path], params=space_params(study))
         recovered = recover(ostudy, all_running_stale=local, parent_run_id=parent, tracking_uri=tracking_uri)
         if recovered:
@@ -593,7 +595,7 @@ class TrialObjective:
             result = run_training(engine_train_fn(config.engine, self.spec.train_fn), config, on_eval=reporter, tracking_uri=self.spec.tracking_uri,
                                   parent_run_id=run_id, progress=False,
                                   extra_tags={"dispo.study": self.study.name, "dispo.trial": str(trial.number),
-                                              "dispo.seed": str(seed)})
+                                              "dispo.seed": str(seed), **self._arm_tag(trial)})
             per_seed[str(seed)] = {"run_id": result.get("run_id"), "status": result.get("status"),
                                    "collapse": result.get("collapse"), "collapse_step": result.get("collapse_step"),
                                    "final_eval": result.get("final_eval"), "wall_s": result.get("wall_s")}
@@ -614,6 +616,11 @@ class TrialObjective:
         if any(math.isnan(v) for v in values):  # Optuna would fail the trial after we closed its run
             raise TrialCrashed(f"a value is NaN: {dict(zip((d.label for d in self.study.directions), values))}")
         return values
+
+    @staticmethod
+    def _arm_tag(trial: Trial) -> dict[str, str]:
+        """Seed runs of an arm study say their arm, so a claims report needs only the runs."""
+        return {TAG_ARM: str(trial.params[ARM])} if ARM in trial.params else {}
 
     def _tags(self, trial: Trial, reason: str | None) -> dict[str, str]:
         collapse = trial.user_attrs.get("collapse")
