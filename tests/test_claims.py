@@ -198,3 +198,19 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
         (a, str(s)) for a in ("base", "tight") for s in SEEDS)
     info = rc.get_claims_info(target.runs, declared)
     assert [r.verdict for r in info.results] == ["reproduced", "refuted"]
+
+    # `dispo-wb report STUDY` prints the verdicts and writes them as claims.csv beside the page
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    out = CliRunner().invoke(app, ["report", "mini_claims", "--tracking-uri", uri, "--out-dir", str(tmp_path / "r"),
+                                   "--no-png", "--no-log-artifact"])
+    assert out.exit_code == 0, out.output
+    assert "claim rep: reproduced (tight > base on collapse:repetition: effect +1.000 [+1.000, +1.000], 5/5" in out.output
+    assert "claim acc: refuted" in out.output
+    table = pd.read_csv(tmp_path / "r" / "mini_claims" / "claims.csv")
+    assert list(table["verdict"]) == ["reproduced", "refuted"] and list(table["paired_seeds"]) == [5, 5]
+    page = (tmp_path / "r" / "mini_claims" / "index.html").read_text()
+    assert '<section id="claims">' in page and wc.RULE[:60] in page

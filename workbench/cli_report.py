@@ -43,6 +43,16 @@ def register(app: typer.Typer) -> None:
         except UserError as e:
             fail(str(e))
         typer.echo(f"report: {index}")
+        verdicts = index.parent / "claims.csv"
+        if verdicts.exists():
+            import csv
+
+            with verdicts.open() as f:
+                for row in csv.DictReader(f):
+                    typer.echo(f"claim {row['claim']}: {row['verdict']} ({row['comparison']} on {row['measure']}: "
+                               f"effect {float(row['effect']):+.3f} [{float(row['ci_low']):+.3f}, "
+                               f"{float(row['ci_high']):+.3f}], {row['seeds_agree']}/{row['paired_seeds']} seeds agree)")
+            typer.echo(f"claims table: {verdicts}")
 
     @app.command()
     def ui(

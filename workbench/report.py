@@ -40,7 +40,9 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from workbench import tracking
+from workbench.claims import declared_claims
 from workbench.errors import UserError
+from workbench.reporting import claims as claims_report
 from workbench.reporting import clip_space, curves, trials
 from workbench.collapse import KINDS, TITLES, Criterion
 from workbench.reporting.runs import (BOUNDS, accuracy_key, best_value, collapse_criteria, collapse_marker,
@@ -157,6 +159,7 @@ class Section(NamedTuple):
     how: str
     figure: go.Figure | None
     note: str | None = None
+    html: str | None = None  # a table instead of (or besides) a figure
 
 
 HOW = {
@@ -174,6 +177,10 @@ HOW = {
     "pair": "Mean final accuracy over runs in each cell of a pair of bounds; a red x marks cells with collapsed runs.",
     "importance": "Share of the objective's variance each searched parameter explains (Optuna).",
     "pareto": "Every complete trial on the first two objectives; red points are not dominated.",
+    "claims": "The claims the study declared before it ran, each judged from the stored runs by paired seeds: the "
+              "effect is the mean per-seed difference between the arms, with its 95% bootstrap interval. The second "
+              "table says how much each arm's bounds bound (median |r - 1| and clip fraction per regime). The same "
+              "table is claims.csv in this folder.",
 }
 
 
@@ -275,10 +282,14 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
         notes.append("not logged to MLflow: an experiment has no run of its own to hold the report")
     notes += _confounder_notes(found)
     sections = _sections(found, acc_key)
+    claims = _claims(found, tracking_uri)
     folder = Path(out_dir) / slug(title)
     if (folder / "index.html").exists():
         shutil.rmtree(folder)  # an earlier report of the same target: no stale figure may survive
     folder.mkdir(parents=True)
+    if claims is not None:
+        claims_report.claims_frame(claims).to_csv(folder / CLAIMS_CSV, index=False)
+        sections.insert(0, Section("claims", "Claims", HOW["claims"], None, None, claims_report.claims_html(claims)))
     drawn = [s for s in sections if s.figure is not None]
     if png:
         notes += _write_pngs([s.figure for s in drawn], [folder / f"{s.name}.png" for s in drawn])
@@ -290,6 +301,17 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
     if log_artifact and found.anchor_run_id:
         tracking.log_report(found.anchor_run_id, folder, tracking_uri, digest=_digest(notes, summary, sections))
     return index
+
+
+CLAIMS_CSV = "claims.csv"
+
+
+def _claims(target: TargetRuns, tracking_uri: str | None) -> "claims_report.ClaimsInfo | None":
+    """Verdicts on the claims a study declared (its parent run's tag); None for other targets."""
+    if target.kind != "study" or not target.anchor_run_id:
+        return None
+    declared = declared_claims(tracking.run_tags(target.anchor_run_id, tracking_uri))
+    return claims_report.get_claims_info(target.runs, declared) if declared else None
 
 
 def _confounder_notes(target: TargetRuns) -> list[str]:
@@ -312,7 +334,7 @@ def _digest(notes: list[str], summary: str, sections: list[Section]) -> str:
     """What the report says, without when it was generated: the same runs give the same digest."""
     h = hashlib.sha256("\n".join(notes).encode() + summary.encode())
     for s in sections:
-        h.update(f"{s.name}|{s.note}|".encode() + (s.figure.to_json().encode() if s.figure is not None else b""))
+        h.update(f"{s.name}|{s.note}|{s.html}|".encode() + (s.figure.to_json().encode() if s.figure is not None else b""))
     return h.hexdigest()[:20]
 
 
@@ -326,7 +348,7 @@ def _write_pages(folder: Path, title: str, subtitle: str, notes: list[str], summ
         div = _div(s.figure, s.name) if s.figure is not None else ""
         note = f'<p class="note">{html.escape(s.note)}</p>' if s.note else ""
         body.append(f'<section id="{s.name}"><h2>{html.escape(s.title)}</h2><p class="how">{html.escape(s.how)}</p>'
-                    f"{note}{div}</section>")
+                    f"{note}{s.html or ''}{div}</section>")
         if div:
             (folder / f"{s.name}.html").write_text(
                 f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(s.title)}</title>'

@@ -464,6 +464,11 @@ def resolve_target(target: str, tracking_uri: str | None = None) -> TargetRuns:
     raise _unknown(client, target)
 
 
+def run_tags(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """A run's tags (e.g. a study's parent run: its declared claims)."""
+    return dict(_reading_client(tracking_uri).get_run(run_id).data.tags)
+
+
 def resolve_run(name_or_id: str, tracking_uri: str | None = None) -> RunRecord:
     """A single run by id or name (for --compare); the latest when several share the name."""
     found = resolve_target(name_or_id, tracking_uri)
