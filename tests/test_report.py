@@ -149,7 +149,8 @@ def test_a_run_without_regime_metrics_reports_what_it_has(store):
     assert set(collapse.runs[0].curves) == {"response/length_mean", "response/length_correct", "response/length_incorrect"}
     assert collapse.missing == ("response/repetition_rate", "response/truncated_frac")
     learning = curves._get_learning_info([run], "eval/micro/accuracy")
-    assert learning.keys == ("reward/mean", "train/accuracy", "eval/micro/accuracy", "eval/micro/pass_at_4")
+    # The fixtures' reward is their train accuracy (0/1 rewards, nothing shaped): one panel for both.
+    assert learning.keys == ("train/accuracy", "eval/micro/accuracy", "eval/micro/pass_at_4")
 
 
 def test_steps_without_regime_statistics_are_counted_and_noted(store, tmp_path):
@@ -173,10 +174,10 @@ def test_learning_bands_span_the_seeds_of_each_trial(store):
     finals = [g.final for g in info.groups]
     assert finals == sorted(finals, reverse=True)
     two_seeds = next(g for g in info.groups if len(g.run_ids) == 2)
-    band = two_seeds.curves["reward/mean"]
+    band = two_seeds.curves["train/accuracy"]
     assert len(band.steps) == 30 and np.all(band.lo <= band.mean) and np.all(band.mean <= band.hi)
     by_id = {r.run_id: r for r in study.runs}
-    per_seed = np.stack([by_id[i].metrics["reward/mean"].values for i in two_seeds.run_ids])
+    per_seed = np.stack([by_id[i].metrics["train/accuracy"].values for i in two_seeds.run_ids])
     np.testing.assert_allclose(band.mean, per_seed.mean(0))
     np.testing.assert_allclose(band.hi, per_seed.max(0))
     assert np.all(np.diff(band.minutes) > 0)
