@@ -158,7 +158,8 @@ def test_a_wrong_password_in_the_url_is_one_line_without_the_password(stack, tmp
 
 def test_passwords_leave_urls_for_the_environment(monkeypatch):
     for k in ("PGPASSWORD", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "")  # recorded first, so the values set below are undone after the test
+        monkeypatch.delenv(k)
     assert take_password("postgresql://u:p%40ss@h:5433/db") == "postgresql://u@h:5433/db"
     assert os.environ["PGPASSWORD"] == "p@ss"
     assert tracking.resolve_tracking_uri("http://ann:s3cret@127.0.0.1:5005") == "http://127.0.0.1:5005"

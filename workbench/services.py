@@ -100,7 +100,9 @@ def _owner() -> str | None:
 
 
 def _run(argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None) -> str:
-    out = subprocess.run(argv, capture_output=True, text=True, user=user, env={**os.environ, **(env or {})})
+    # An inherited PGPASSWORD (another database's) would win over the stack's pgpass file.
+    base = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    out = subprocess.run(argv, capture_output=True, text=True, user=user, env={**base, **(env or {})})
     if out.returncode != 0:
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"{Path(argv[0]).name} failed (exit {out.returncode}): {last[0]}")
@@ -186,7 +188,8 @@ def mlflow_start(stack: Stack, timeout_s: float = 180) -> None:
             "--workers", "2"]
     log = open(stack.folder / "mlflow.log", "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PGPASSFILE": str(stack.pgpass.resolve())})
+                            env={**{k: v for k, v in os.environ.items() if k != "PGPASSWORD"},
+                                 "PGPASSFILE": str(stack.pgpass.resolve())})
     _mlflow_pidfile(stack).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
