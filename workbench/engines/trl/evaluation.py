@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from workbench import tracking
 from workbench.config import RunConfig
-from workbench.evaluation import evaluate, metric_key
+from workbench.evaluation import evaluate
 from workbench.models import build_prompt, is_micro
 from workbench.rewards import RewardPool, score_answer
 from workbench.rollout.hf import HFBackend
@@ -40,7 +40,7 @@ class HeldOutEval(TrainerCallback):
         was_training = model.training
         with RewardPool(workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s, scorer=scorer) as pool:
             for name, problems in self.benchmarks.items():
-                metrics.update(evaluate(backend, self.tok, problems, benchmark=metric_key(name), k=cfg.eval.k,
+                metrics.update(evaluate(backend, self.tok, problems, benchmark=name, k=cfg.eval.k,
                                         temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                                         score=lambda t, g: pool.score(t, g).rewards,
                                         prompt_of=lambda q: build_prompt(self.tok, q, micro)))
