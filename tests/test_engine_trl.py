@@ -29,7 +29,7 @@ from workbench.engines.trl.settings import computes_old_logps, grpo_kwargs, layo
 from workbench.engines.trl.trainer import MissingOldLogps, WorkbenchGRPOTrainer
 
 KEY = re.compile(r"^[a-z0-9_/.]+$")
-RUNNABLE = {"rollout_lag": 0, "sft": {"enabled": False}, "model": {"name": "micro-0.5m", "device": "cpu"}}
+RUNNABLE = {"engine": "trl", "rollout_lag": 0, "sft": {"enabled": False}, "model": {"name": "micro-0.5m", "device": "cpu"}}
 
 
 def cfg_of(**fields):
@@ -65,7 +65,7 @@ def test_on_policy_config_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_rollout_lag_is_refused(tmp_path, capsys):
-    line = _refused(tmp_path, capsys, build_run_config({}))  # the default config lags rollouts by 64 steps
+    line = _refused(tmp_path, capsys, build_run_config({"engine": "trl"}))  # the default config lags rollouts by 64 steps
     assert "rollout_lag=64" in line and "rollout_lag=0" in line
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 CHECK_CONFIG = {
-    "experiment": "trl-check", "steps": 2, "updates_per_rollout": 2, "rollout_lag": 0, "lr": 0.02, "threads": 1,
+    "engine": "trl", "experiment": "trl-check", "steps": 2, "updates_per_rollout": 2, "rollout_lag": 0, "lr": 0.02, "threads": 1,
     "model": {"name": "micro-0.5m", "device": "cpu"}, "sft": {"enabled": False},
     "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 12},
     "task": {"eval_size": 8}, "eval": {"k": 2, "every": 1},
