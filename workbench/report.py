@@ -42,6 +42,7 @@ from plotly.offline import get_plotlyjs
 from workbench import tracking
 from workbench.claims import declared_claims
 from workbench.errors import UserError
+from workbench.services import port_free
 from workbench.reporting import claims as claims_report
 from workbench.reporting import clip_space, curves, trials
 from workbench.collapse import KINDS, TITLES, Criterion
@@ -381,22 +382,12 @@ class UiProcess(NamedTuple):
     process: subprocess.Popen
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def start_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None = None,
              optuna: bool = False, storage: str | None = None) -> tuple[list[UiProcess], list[str]]:
     """Start `mlflow ui` (and optuna-dashboard) on the stores the runs were logged to; returns them and notes."""
     uri = tracking.require_store(tracking_uri)
     served = uri.startswith(("http://", "https://"))  # an `mlflow server` is its own UI
-    if not served and not _port_free(host, port):
+    if not served and not port_free(host, port):
         raise UserError(f"port {port} on {host} is in use; pass --port with a free one")
     notes: list[str] = [f"MLflow UI: {uri} (the tracking server serves it)"] if served else []
     # Own sessions, so that stopping a UI also stops the server processes it forks.
@@ -409,7 +400,7 @@ def start_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None
             notes.append("optuna-dashboard is not installed (pip install optuna-dashboard); MLflow UI only")
         elif not (storage := storage or _latest_storage(uri)):
             notes.append("no study storage found (no parent run tagged optuna.storage); pass --storage")
-        elif not _port_free(host, port + 1):
+        elif not port_free(host, port + 1):
             notes.append(f"port {port + 1} is in use; optuna-dashboard not started")
         else:
             procs.append(UiProcess("optuna-dashboard", f"http://{host}:{port + 1}", subprocess.Popen(

@@ -109,7 +109,8 @@ def _run(argv: list[str], *, user: str | None = None, env: dict[str, str] | None
     return out.stdout
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether `port` on `host` can be listened on now (IPv4 or IPv6 address)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -263,7 +264,7 @@ def up(folder: Path = DEFAULT_DIR, host: str = "127.0.0.1", pg_port: int = PG_PO
                             "pass --dir with a folder it can reach, e.g. under /srv or /tmp")
     if not _pg_dir(stack).exists():
         for port in (stack.pg_port, stack.mlflow_port):
-            if not _port_free(stack.host, port):
+            if not port_free(stack.host, port):
                 raise UserError(f"port {port} on {stack.host} is in use; pick free ones with --pg-port / --mlflow-port")
         password = secrets.token_urlsafe(24)
         stack.pgpass.touch(mode=0o600)
