@@ -145,16 +145,16 @@ def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_n
 def _tag_collapse(tracker, cfg: RunConfig, uri: str) -> None:
     """The local trainer's collapse verdict, from the series rank 0 stored."""
     from workbench import tracking
-    from workbench.collapse import detect_collapse
+    from workbench.collapse import SIGNALS, detect_collapse
 
-    series = tracking.metric_histories(tracker.run_id, ["response/repetition_rate", "response/length_mean"], uri)
+    series = tracking.metric_histories(tracker.run_id, list(SIGNALS.values()), uri)
     steps = sorted({s for v in series.values() for s, _ in v})
     if not steps:
         return
     by_key = {k: dict(v) for k, v in series.items()}
     nan = float("nan")
-    verdict = detect_collapse(steps, [by_key["response/repetition_rate"].get(s, nan) for s in steps],
-                              [by_key["response/length_mean"].get(s, nan) for s in steps], cfg.collapse)
+    verdict = detect_collapse(steps, {k: [by_key.get(k, {}).get(s, nan) for s in steps] for k in SIGNALS.values()},
+                              cfg.collapse)
     if verdict.kind:
         tracker.set_tags({"collapse": verdict.kind, "collapse_step": verdict.onset_step})
 

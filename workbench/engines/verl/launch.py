@@ -258,7 +258,7 @@ class _Follower:
     def poll(self) -> bool:
         """Translate new steps; True when on_eval asked to stop or a collapse should stop the run."""
         from workbench import tracking
-        from workbench.collapse import detect_collapse
+        from workbench.collapse import SIGNALS, detect_collapse
         from workbench.engines.verl.keys import translate_history
 
         keys = [k for k in tracking.metric_keys(self.run_id, self.uri) if not _is_ours(k)]
@@ -276,8 +276,8 @@ class _Follower:
                 stop = True
         if self.collapse[0] is None:
             steps = sorted(by_step)
-            verdict = detect_collapse(steps, [by_step[s].get("response/repetition_rate", math.nan) for s in steps],
-                                      [by_step[s].get("response/length_mean", math.nan) for s in steps], self.cfg.collapse)
+            verdict = detect_collapse(steps, {k: [by_step[s].get(k, math.nan) for s in steps] for k in SIGNALS.values()},
+                                      self.cfg.collapse)
             if verdict.kind:
                 self.collapse = (verdict.kind, verdict.onset_step)
                 tracking.set_run_tags(self.run_id, {"collapse": verdict.kind, "collapse_step": str(verdict.onset_step)},
