@@ -419,7 +419,9 @@ def serve_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None
     """Run the UIs until Ctrl-C or SIGTERM; prints where they listen. Either signal stops the servers
     it started (their process groups) before it returns."""
     procs, notes = start_ui(port, host, tracking_uri, optuna, storage)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` must not orphan the servers
+    # `kill PID` must not orphan the servers, nor SIGINT where the shell that started us ignores it
+    # (a background job of a non-interactive shell starts with SIGINT ignored, and Python keeps that).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     for p in procs:
         print(f"{p.name}: {p.url}", flush=True)
     for n in notes:
@@ -433,9 +435,11 @@ def serve_ui(port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        for sig in previous:  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         stop_ui(procs)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame) -> None:
