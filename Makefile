@@ -48,7 +48,7 @@ demo: install
 
 # The verl tests run in verl's env (built here when missing); the main suite leaves them out by marker.
 test: install install-verl
-	$(PY) -m pytest -q -m "not verl"
+	DISPO_REQUIRE_TRL=1 $(PY) -m pytest -q -m "not verl"
 	DISPO_REQUIRE_VERL=1 $(VERL_PY) -m pytest -q -m verl
 
 clean:
