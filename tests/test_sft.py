@@ -228,3 +228,47 @@ def test_disabled_sft_skips_training(tmp_path, monkeypatch):
     _, _, info = sft.warm_start(cfg, log=lambda s: None)
     assert info == {"sft": False}
     assert not (tmp_path / "sft").exists()
+
+
+def test_sampled_check_is_repeatable_and_leaves_the_torch_stream_alone():
+    model, tok = load_policy(RunConfig().model.model_copy(update={"name": "micro-0.5m"}), seed=2)
+    problems = [Problem(f"{a}+{b}=", str(a + b), "") for a in range(1, 4) for b in range(1, 4)]
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    first = sft.sampled_accuracy(model, tok, problems, 12, k=4, temperature=1.0, seed=5)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's stream did not move
+    assert sft.sampled_accuracy(model, tok, problems, 12, k=4, temperature=1.0, seed=5) == first
+
+
+def test_sampled_check_scores_every_sample(monkeypatch):
+    model, tok = load_policy(RunConfig().model.model_copy(update={"name": "micro-0.5m"}), seed=0)
+    problems = [Problem("1+2=", "3", ""), Problem("4+4=", "8", "")]
+    texts = ["\\boxed{3}", "\\boxed{4}", "\\boxed{3}", "\\boxed{3}", "\\boxed{8}", "", "8", "\\boxed{9}"]
+    monkeypatch.setattr(tok, "batch_decode", lambda ids, skip_special_tokens: texts)
+    assert sft.sampled_accuracy(model, tok, problems, 4, k=4, temperature=1.0, seed=0) == pytest.approx(4 / 8)
+
+
+def test_run_uses_the_check_the_config_names(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(sft, "greedy_accuracy", lambda *a: calls.append("greedy") or 0.0)
+    monkeypatch.setattr(sft, "sampled_accuracy", lambda *a: calls.append(("sampled", a[3:])) or 0.0)
+    _train(tmp_path, eval_every=2, max_steps=2)
+    info = _train(tmp_path, eval_every=2, max_steps=2, check="sampled", check_k=3, check_temperature=0.7)
+    assert calls == ["greedy", ("sampled", (48, 3, 0.7, 1234))]
+    assert info["check"] == "sampled"
+
+
+def test_sampled_check_changes_the_cache_key_only_when_used(tmp_path):
+    greedy = _config(tmp_path)
+    assert sft.cache_key(greedy) == sft.cache_key(_config(tmp_path, check_k=9))  # greedy ignores sampled settings
+    sampled = _config(tmp_path, check="sampled")
+    assert sft.cache_key(sampled) != sft.cache_key(greedy)
+    assert sft.cache_key(sampled) != sft.cache_key(_config(tmp_path, check="sampled", check_k=9))
+
+
+def test_sft_seed_shares_one_warm_start_across_run_seeds(tmp_path):
+    own = [RunConfig(seed=s, model={"name": "micro-0.5m"}, sft={"cache_dir": str(tmp_path)}) for s in (0, 1)]
+    shared = [c.model_copy(update={"sft": c.sft.model_copy(update={"seed": 0})}) for c in own]
+    assert sft.cache_key(own[0]) != sft.cache_key(own[1])
+    assert sft.cache_key(shared[0]) == sft.cache_key(shared[1]) == sft.cache_key(own[0])  # seed None keys stay as they were

@@ -70,13 +70,17 @@ class TaskConfig(Strict):
 
 class SFTConfig(Strict):
     enabled: bool = Field(True, description="warm-start micro models with supervised fine-tuning (cached)")
-    target_low: float = Field(0.30, ge=0, le=1, description="stop once held-out greedy accuracy reaches this")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the warm start (initial weights and SFT data); None: the run's seed. One fixed seed gives every run seed the same warm start, so seeds differ only in RL's random stream")
+    check: Literal["greedy", "sampled"] = Field("greedy", description="how the stop rule measures held-out accuracy: one greedy response per problem, or avg@check_k sampled at check_temperature")
+    check_k: int = Field(4, ge=1, description="sampled check: responses per held-out problem")
+    check_temperature: float = Field(1.0, gt=0, description="sampled check: sampling temperature (the rollouts' by default)")
+    target_low: float = Field(0.30, ge=0, le=1, description="stop once held-out accuracy (greedy or sampled, see `check`) reaches this")
     target_high: float = Field(0.50, ge=0, le=1, description="upper edge of the accuracy band the warm start aims for")
     max_steps: int = Field(4000, ge=1, description="give up after this many SFT steps")
     lr: float = Field(1e-3, gt=0, description="SFT learning rate (AdamW, after warmup)")
     warmup_steps: int = Field(50, ge=0, description="SFT steps of linear learning-rate warmup")
     batch_size: int = Field(32, ge=1, description="SFT sequences per step")
-    eval_every: int = Field(20, ge=1, description="SFT steps between greedy accuracy checks")
+    eval_every: int = Field(20, ge=1, description="SFT steps between held-out accuracy checks")
     cache_dir: str = Field(".cache/sft", description="where warm starts are stored, keyed by task, model and seed")
 
     @model_validator(mode="after")
