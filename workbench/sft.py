@@ -191,7 +191,6 @@ class _SFTRun:
         self.batch_size = config.sft.batch_size
         self.check, self.check_k, self.check_temperature = config.sft.check, config.sft.check_k, config.sft.check_temperature
         self.check_seed = config.task.eval_seed
-        self.check_max_new = config.rollout.max_new_tokens  # sampled responses get the room RL's evaluation gives them
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.sft.lr, weight_decay=0.0)
         warmup = config.sft.warmup_steps
@@ -218,7 +217,9 @@ class _SFTRun:
 
     def accuracy(self) -> float:
         if self.check == "sampled":
-            return sampled_accuracy(self.model, self.tokenizer, self.eval_set, self.check_max_new, self.check_k,
+            # Same length limit as the greedy check: a sample that has not boxed its answer 8 tokens after the
+            # longest solution is wrong either way, and an early policy's rambling would cost 48 tokens per sample.
+            return sampled_accuracy(self.model, self.tokenizer, self.eval_set, self.max_new, self.check_k,
                                     self.check_temperature, self.check_seed)
         return greedy_accuracy(self.model, self.tokenizer, self.eval_set, self.max_new)
 
