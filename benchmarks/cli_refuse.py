@@ -5,13 +5,15 @@
 
 Each of the ten inputs runs in a fresh interpreter (`python -m workbench.cli train ...`) in a
 temporary folder; the script checks that each one ended with exit code 2 and wrote no store,
-and prints the median of `--repeat` rounds per input and the median over all runs.
+and prints the median of `--repeat` rounds per input and the median over all runs: wall time,
+and the refusing process's CPU time (user + sys), which the machine's load inflates far less.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,17 +35,23 @@ BAD_INPUTS: list[list[str]] = [
 ]
 
 
-def refuse_once(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[float, int | None, bool]:
-    """(seconds, exit code or None when it ran past timeout_s and was killed, store untouched)."""
+def refuse_once(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[float, float, int | None, bool]:
+    """(seconds, CPU seconds, exit code or None when it ran past timeout_s and was killed, store untouched)."""
     with tempfile.TemporaryDirectory() as d:
         cmd = [sys.executable, "-m", "workbench.cli", "train", "--tracking-uri", f"sqlite:///{d}/m.db", "--quiet", *args]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         try:
             code = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=timeout_s).returncode
         except subprocess.TimeoutExpired:
             code = None
-        took = time.perf_counter() - t0
-        return took, code, not Path(d, "m.db").exists()
+        took, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+        return took, cpu, code, not Path(d, "m.db").exists()
+
+
+def _children_cpu() -> float:
+    """User + sys seconds of the children this process has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -55,16 +63,17 @@ def main() -> None:
     env = dict(os.environ)
     if a.src:
         env["PYTHONPATH"] = str(Path(a.src).resolve())
-    refused, accepted = [], 0
+    refused, cpus, accepted = [], [], 0
     for args in BAD_INPUTS:
         times, note = [], ""
         for _ in range(a.repeat):
-            took, code, clean = refuse_once(args, env, a.timeout)
+            took, cpu, code, clean = refuse_once(args, env, a.timeout)
             if code is None:
                 note = f"  NOT REFUSED: still running after {a.timeout:.0f} s (store {'untouched' if clean else 'written'})"
                 accepted += 1
                 break
             times.append(took)
+            cpus.append(cpu)
             if code != 2 or not clean:
                 note = f"  (exit {code}, store {'untouched' if clean else 'WRITTEN'})"
         refused += times
@@ -73,6 +82,8 @@ def main() -> None:
     if refused:
         print(f"median time to refuse: {statistics.median(refused):.2f} s over {len(refused)} runs"
               f"{f'; {accepted} input(s) not refused' if accepted else ''}")
+        print(f"median CPU time (user + sys) to refuse: {statistics.median(cpus):.2f} s")
+    print(f"load average over 1 min at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(ROOT / "studies" / "clip_grid.yaml"))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--train-fn", default="workbench.trainer.train")
+    ap.add_argument("--fake", action="store_true",
+                    help="train on tests/fake_trainer.py: the sweep machinery alone, without training")
     args = ap.parse_args()
 
     import os
@@ -35,8 +36,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clip-grid-"))
     study = load_study_file(args.study)
     study = dataclasses.replace(study, storage=str(work / f"{study.name}.journal"))
-    result = run_study(study, workers=args.workers, tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                       train_fn=args.train_fn)
+    from tests import fake_trainer
+    from workbench.trial_process import train_locally
+
+    train_fn = fake_trainer.train if args.fake else train_locally
+    result = run_study(study, workers=args.workers, tracking_uri=f"sqlite:///{work / 'mlflow.db'}", train_fn=train_fn)
     info = study_status(args.study, study.storage)
     durations = [r.duration_s for r in info.rows if r.duration_s]
     print(f"{study.name}: {result.counts} with {args.workers} workers in {result.wall_s / 60:.1f} min "

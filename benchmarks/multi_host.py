@@ -38,7 +38,7 @@ from optuna.trial import TrialState  # noqa: E402
 from tests import services_stack as ss  # noqa: E402
 from workbench import services  # noqa: E402
 
-FAKE = "tests.fake_trainer.train"
+FAKE_CLI = [sys.executable, "-m", "tests.fake_cli"]  # dispo-wb whose sweeps train on tests/fake_trainer.py
 SPACE = {"eps_neg_up": [0.1, 0.2, 0.4], "eps_pos_up": [0.2, 1.0]}  # 6 trials
 GRID64 = {"eps_pos_up": [0.1, 0.2, 0.3, 1.0], "eps_pos_down": [0.1, 0.2, 0.5, 1.0], "eps_neg_up": [0.01, 0.2],
           "eps_neg_down": [0.05, 0.2]}
@@ -57,7 +57,7 @@ def write_study(folder: Path, name: str, sleep: float, steps: int) -> Path:
 
 def worker(folder: Path, argv: list[str]) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([*ss.dispo_wb(), *argv], cwd=folder, stdout=open(folder / "out.log", "w"),
+    return subprocess.Popen([*FAKE_CLI, *argv], cwd=folder, stdout=open(folder / "out.log", "w"),
                             stderr=open(folder / "err.log", "w"), env=ss.worker_env(**HEARTBEAT))
 
 
@@ -85,8 +85,7 @@ def kill_run(stack, root: Path, sleep: float, steps: int) -> None:
     name = f"multihost-kill-{int(time.time())}"  # a reused stack keeps older studies
     study = write_study(root, name, sleep, steps)
     url, secret = ss.storage_with_password(stack), ss.password(stack)
-    argv = ["sweep", str(study), "--storage", url, "--tracking-uri", stack.tracking_uri, "--workers", "1",
-            "--train-fn", FAKE]
+    argv = ["sweep", str(study), "--storage", url, "--tracking-uri", stack.tracking_uri, "--workers", "1"]
     t0 = time.perf_counter()
     procs = [worker(root / f"host{i}", argv) for i in range(3)]
     wait_running(stack, name, 3)
@@ -126,13 +125,13 @@ def timing_run(stack, root: Path, sleep: float, steps: int) -> None:
     tag = str(int(time.time()))
     journal_study = write_study(root / "journal", f"multihost-journal-{tag}", sleep, steps)
     t0 = time.perf_counter()
-    p = worker(root / "journal", ["sweep", str(journal_study), "--workers", "3", "--train-fn", FAKE,
+    p = worker(root / "journal", ["sweep", str(journal_study), "--workers", "3",
                                   "--tracking-uri", stack.tracking_uri])
     assert p.wait() == 0, (root / "journal" / "err.log").read_text()[-2000:]
     journal_s = time.perf_counter() - t0
     pg_study = write_study(root / "pg", f"multihost-pg-{tag}", sleep, steps)
     argv = ["sweep", str(pg_study), "--storage", ss.storage_with_password(stack), "--tracking-uri", stack.tracking_uri,
-            "--workers", "1", "--train-fn", FAKE]
+            "--workers", "1"]
     t0 = time.perf_counter()
     procs = [worker(root / "pg" / f"host{i}", argv) for i in range(3)]
     codes = [q.wait() for q in procs]

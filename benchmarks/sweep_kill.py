@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SWEEP = "from workbench.cli_sweep import sweep_app; sweep_app(prog_name='dispo-wb sweep')"
+SWEEP = "from tests.fake_cli import main; main()"  # dispo-wb whose sweeps train on tests/fake_trainer.py
 
 
 def survivors(marker: str) -> list[int]:
@@ -76,7 +76,7 @@ def main() -> None:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     marker = f"SWEEP_KILL_{uuid.uuid4().hex}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), marker: "1"}
-    cmd = [sys.executable, "-c", SWEEP, str(study_file), "--tracking-uri", uri, "--train-fn", "tests.fake_trainer.train"]
+    cmd = [sys.executable, "-c", SWEEP, "sweep", str(study_file), "--tracking-uri", uri]
     log = open(work / "sweep.log", "w")
     orphans = 0
     t0 = time.perf_counter()

@@ -31,11 +31,17 @@ def main() -> None:
     ap.add_argument("--study", default=str(ROOT / "studies" / "smoke.yaml"))
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: the study's)")
-    ap.add_argument("--train-fn", default="workbench.trainer.train")
+    ap.add_argument("--fake", action="store_true",
+                    help="train on tests/fake_trainer.py: the sweep machinery alone, without training")
     args = ap.parse_args()
 
     from workbench.study import Dimension, load_study_file
     from workbench.sweep import run_study
+
+    from tests import fake_trainer
+    from workbench.trial_process import train_locally
+
+    train_fn = fake_trainer.train if args.fake else train_locally
 
     base = load_study_file(args.study)
     if args.steps:
@@ -53,8 +59,8 @@ def main() -> None:
                                     sampler="grid", n_trials=len(values), storage=None)
         study.path.write_text(Path(args.study).read_text())
         t0 = time.perf_counter()
-        result = run_study(study, workers=workers, tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                           train_fn=args.train_fn, echo=lambda s: print("   ", s))
+        result = run_study(study, workers=workers, train_fn=train_fn, tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+                           echo=lambda s: print("   ", s))
         wall = time.perf_counter() - t0
         rates[workers] = result.counts.get("COMPLETE", 0) / wall * 3600
         print(f"workers={workers}: {result.counts} in {wall:.1f}s -> {rates[workers]:.1f} trials/hour "

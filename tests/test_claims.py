@@ -173,6 +173,7 @@ def test_claims_study_file_errors_name_the_field(tmp_path):
 def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     from mlflow import MlflowClient
 
+    from tests import fake_trainer
     from workbench import sweep, tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -187,7 +188,7 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
                         "arms": ["tight", "base"], "expect": "higher"}]}
     path = tmp_path / "mini_claims.yaml"
     path.write_text(yaml.safe_dump(data))
-    sweep.run_study(load_study_file(path), tracking_uri=uri, train_fn="tests.fake_trainer.train", echo=lambda s: None)
+    sweep.run_study(load_study_file(path), tracking_uri=uri, train_fn=fake_trainer.train, echo=lambda s: None)
 
     target = tracking.resolve_target("mini_claims", uri)
     tracking.load_histories(target.runs, uri)

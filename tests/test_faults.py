@@ -253,8 +253,7 @@ def test_kill_9_of_a_sweep_leaves_no_process_that_writes(tmp_path, workers):
     uri = f"sqlite:///{tmp_path}/m.db"
     marker = f"DISPO_ORPHAN_{uuid.uuid4().hex}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), marker: "1"}
-    sweep = subprocess.Popen([sys.executable, "-c", "from workbench.cli import app; app()", "sweep", str(study),
-                              "--tracking-uri", uri, "--train-fn", "tests.fake_trainer.train"],
+    sweep = subprocess.Popen([sys.executable, "-m", "tests.fake_cli", "sweep", str(study), "--tracking-uri", uri],
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def count(sql: str) -> int:

@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -32,7 +33,7 @@ if _why and os.environ.get("CI") == "true":
     raise RuntimeError(f"CI must run the service tests: {_why}")
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"no PostgreSQL here: {_why}")
 
-FAKE = "tests.fake_trainer.train"
+FAKE_CLI = [sys.executable, "-m", "tests.fake_cli"]  # dispo-wb whose sweeps train on tests/fake_trainer.py
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,8 @@ def write_study(folder: Path, name: str, space: dict, sleep: float = 0.3, steps:
 def start_worker(folder: Path, study: Path, storage: str, tracking_uri: str, **env: str) -> subprocess.Popen:
     """One 'host': its own working folder (SFT cache, logs), nothing shared but the two URLs."""
     folder.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([*ss.dispo_wb(), "sweep", str(study), "--storage", storage, "--tracking-uri", tracking_uri,
-                             "--workers", "1", "--train-fn", FAKE], cwd=folder,
+    return subprocess.Popen([*FAKE_CLI, "sweep", str(study), "--storage", storage, "--tracking-uri", tracking_uri,
+                             "--workers", "1"], cwd=folder,
                             stdout=open(folder / "out.log", "w"), stderr=open(folder / "err.log", "w"),
                             env=ss.worker_env(DISPO_HEARTBEAT_S="1", DISPO_GRACE_S="4", **env))
 
@@ -146,8 +147,8 @@ def _study_exists(stack, name: str) -> bool:
 def test_a_wrong_password_in_the_url_is_one_line_without_the_password(stack, tmp_path):
     study = write_study(tmp_path, f"badpw-{uuid.uuid4().hex[:8]}", {"eps_neg_up": [0.1]})
     bad = f"postgresql://{services.ROLE}:Wr0ngSecret42@{stack.host}:{stack.pg_port}/optuna"
-    out = subprocess.run([*ss.dispo_wb(), "sweep", str(study), "--storage", bad, "--tracking-uri", stack.tracking_uri,
-                          "--train-fn", FAKE], cwd=tmp_path, capture_output=True, text=True, env=ss.worker_env(),
+    out = subprocess.run([*FAKE_CLI, "sweep", str(study), "--storage", bad, "--tracking-uri", stack.tracking_uri],
+                         cwd=tmp_path, capture_output=True, text=True, env=ss.worker_env(),
                          timeout=400)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()

@@ -17,10 +17,11 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from tests import fake_trainer
-from workbench import sweep
+from workbench import sweep, tracking
+from workbench.cli_sweep import SweepHooks
 from workbench.study import load_study_file
 
-FAKE = "tests.fake_trainer.train"
+FAKE = fake_trainer.train
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +98,9 @@ def test_resume_fails_the_running_trial_and_reruns_it_with_the_same_params(tmp_p
     ostudy.tell(done, expected(done.params))
     stuck = ostudy.ask()
     stuck_params = sweep.sample_params(stuck, study.space)
-    parent = sweep.tracking.open_study_run(study_name=study.name, experiment=study.base.experiment, tags={
+    parent = tracking.open_study_run(study_name=study.name, experiment=study.base.experiment, tags={
         "optuna.storage": sweep.storage_url(study)}, tracking_uri=tracking_uri)
-    stuck_run = sweep.tracking.open_trial_run(parent_run_id=parent, study_name=study.name, trial_number=stuck.number,
+    stuck_run = tracking.open_trial_run(parent_run_id=parent, study_name=study.name, trial_number=stuck.number,
                                               params=stuck_params, tracking_uri=tracking_uri)
     stuck.set_user_attr("mlflow_run_id", stuck_run)
 
@@ -186,7 +187,7 @@ def test_cli_runs_a_study_by_default_and_shows_its_status(tmp_path, tracking_uri
     cli_sweep.register(app)
     path = write_study(tmp_path, "cli", {"eps_neg_up": [0.01, 0.3]})
     runner = CliRunner()
-    ran = runner.invoke(app, ["sweep", str(path), "--tracking-uri", tracking_uri, "--train-fn", FAKE])
+    ran = runner.invoke(app, ["sweep", str(path), "--tracking-uri", tracking_uri], obj=SweepHooks(train_fn=FAKE))
     assert ran.exit_code == 0, ran.output
     assert "1 complete, 1 pruned" in ran.output
 
@@ -237,3 +238,16 @@ def test_mlflow_tree_names_seed_runs_and_holds_the_space_and_the_best_trial(tmp_
         assert trial_run.data.tags["collapse"] == ("repetition" if t.params["eps_neg_up"] == 0.01 else "none")
         for seed, info in t.user_attrs["seeds"].items():
             assert client.get_run(info["run_id"]).info.run_name == f"named-t{t.number:04d}-s{seed}"
+
+
+def returns_a_dict(config, **kwargs):
+    """A train function that breaks the contract: a dict instead of a RunResult."""
+    return {"run_id": "r", "status": "FINISHED", "final_eval": {"eval/micro/accuracy": 1.0}}
+
+
+def test_a_train_function_must_return_a_run_result(tmp_path):
+    from workbench.trial_process import TrialCrashed, run_training
+
+    config = load_study_file(write_study(tmp_path, "typed", {"eps_neg_up": [0.2]})).run_config({}, 0, 1)
+    with pytest.raises(TrialCrashed, match="the train function returned a dict, not a RunResult"):
+        run_training(returns_a_dict, config)

@@ -169,10 +169,10 @@ from importlib.util import find_spec as _find_spec  # noqa: E402  (the real one,
 
 
 def test_a_verl_study_trains_each_seed_as_a_verl_job_read_back_like_the_trainer():
+    from tests import fake_trainer
     from workbench.sweep import engine_train_fn
-    from workbench.trial_process import _resolve
 
-    assert engine_train_fn("local", "tests.fake_trainer.train") == "tests.fake_trainer.train"
-    assert _resolve(engine_train_fn("verl", "tests.fake_trainer.train")) is launch.train
+    assert engine_train_fn("local", fake_trainer.train) is fake_trainer.train
+    assert engine_train_fn("verl", fake_trainer.train) is launch.train
     with pytest.raises(UserError, match="sweeps do not run on engine trl yet"):
-        engine_train_fn("trl", "tests.fake_trainer.train")
+        engine_train_fn("trl", fake_trainer.train)

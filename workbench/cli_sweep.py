@@ -1,13 +1,17 @@
 """`dispo-wb sweep`: run a study file (`sweep STUDY.yaml`, alias `sweep run`), or `sweep status STUDY`.
 
 Imported by `workbench.cli` at start-up, so heavy modules (optuna, mlflow) load inside commands.
+A program that embeds the CLI trains trials with its own function through the click context
+object: `app(obj=SweepHooks(train_fn=...))` (the kill and services tests run sweeps so, on
+tests/fake_trainer.py, through tests/fake_cli.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -15,6 +19,16 @@ from typer.core import TyperGroup
 from workbench.cli_common import fail
 from workbench.config import ConfigError
 from workbench.errors import UserError
+
+if TYPE_CHECKING:
+    from workbench.results import TrainFn
+
+
+@dataclass(frozen=True)
+class SweepHooks:
+    """What an embedding program swaps in `dispo-wb sweep`: the function that trains a trial's seed."""
+
+    train_fn: TrainFn
 
 
 class _RunByDefault(TyperGroup):
@@ -32,11 +46,11 @@ sweep_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, add_completion=
 
 @sweep_app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     study: Annotated[Path, typer.Argument(help="study file (YAML), e.g. studies/clip_grid.yaml")],
     workers: Annotated[Optional[int], typer.Option(min=1, help="trials at once, as processes (default: the file's `workers`)")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: journal file path or database URL (postgresql://...)")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default sqlite:///mlflow.db)")] = None,
-    train_fn: Annotated[str, typer.Option(hidden=True, help="training function as module.name (tests, benchmarks)")] = "workbench.trainer.train",
 ) -> None:
     """Run a study, or continue it: finished trials are kept, interrupted ones are run again."""
     from workbench.study import load_study_file
@@ -47,8 +61,9 @@ def run_cmd(
     except ConfigError as e:
         fail([f"{study}: {line}" for line in e.lines])
     try:
-        result = run_study(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, train_fn=train_fn,
-                           echo=typer.echo)
+        hooks = ctx.find_object(SweepHooks)
+        result = run_study(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, echo=typer.echo,
+                           **({"train_fn": hooks.train_fn} if hooks else {}))
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:

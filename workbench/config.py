@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench import params as declared
@@ -239,6 +238,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a YAML mapping; a missing file, a syntax error or a non-mapping is a ConfigError."""
+    import yaml  # here, not at the top: most bad command lines are refused without reading any YAML
+
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -305,5 +306,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def dump_yaml(config: RunConfig) -> str:
+    import yaml
+
     # safe_dump writes math.inf as `.inf`, which safe_load reads back as inf.
     return yaml.safe_dump(config.model_dump(mode="python"), sort_keys=False)

@@ -13,8 +13,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
 from workbench.errors import UserError
 from workbench.names import FINISHED, RUNNING, TAG_PID
@@ -22,6 +20,10 @@ from workbench.names import FINISHED, RUNNING, TAG_PID
 
 def parse_set_flags(items: list[str]) -> dict[str, Any]:
     """`--set key.path=value` flags -> overrides; values are read as YAML (0.4, true, [a, b], .inf)."""
+    if not items:
+        return {}
+    import yaml  # here, not at the top: a command line without --set is refused without it
+
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -66,6 +68,8 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
 
     if not checkpoint_path(run_id).exists():
         raise UserError(f"--resume: run {run_id} has no checkpoint at {checkpoint_path(run_id)}")
+    import yaml
+
     data = yaml.safe_load(tracking.download_text(run_id, "config.yaml", tracking_uri))
     return build_run_config(data, {k: v for k, v in overrides.items() if v is not None})
 

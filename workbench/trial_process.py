@@ -2,14 +2,15 @@
 
 `run_training(train_fn, config, on_eval=...)` forks the run from a forkserver that imported the
 trainer once, passes eval metrics back over a pipe while the run goes (the sweep's pruner
-answers whether to stop), and returns the trainer's RunResult as a dict. Every child asks the
-kernel to kill it when its parent dies, so a `kill -9` of a sweep leaves no orphans.
+answers whether to stop), and returns the trainer's RunResult. `train_fn` is a `TrainFn`
+passed by reference (module level); `train_locally` is the local trainer without importing
+torch here. Every child asks the kernel to kill it when its parent dies, so a `kill -9` of a
+sweep leaves no orphans.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib
 import multiprocessing as mp
 import os
 import select
@@ -17,20 +18,33 @@ import signal
 import sys
 import threading
 import traceback
-from dataclasses import asdict, is_dataclass
-from typing import Any, Callable
+from typing import Any
 
 from workbench.config import RunConfig
-from workbench.errors import UserError
+from workbench.results import OnEval, RunResult, TrainFn
 
 
 class TrialCrashed(RuntimeError):
     """A training run of the trial failed (exception, non-zero exit, signal): FAIL that trial only."""
 
 
-def run_training(train_fn: str | Callable, config: RunConfig, *, on_eval: Callable[[int, dict], bool] | None = None,
-                 **kwargs: Any) -> dict[str, Any]:
-    """`train_fn(config, on_eval=..., **kwargs)` in a fresh process; its RunResult as a dict.
+def train_locally(config: RunConfig, **kwargs: Any) -> RunResult:
+    """The local trainer (`workbench.trainer.train`), imported by the training process only.
+
+    A sweep's coordinator and workers pass this around without importing torch; the fork
+    server imports `preload` once for all the runs it forks.
+    """
+    from workbench.trainer import train
+
+    return train(config, **kwargs)
+
+
+train_locally.preload = "workbench.trainer"  # type: ignore[attr-defined]
+
+
+def run_training(train_fn: TrainFn, config: RunConfig, *, on_eval: OnEval | None = None,
+                 **kwargs: Any) -> RunResult:
+    """`train_fn(config, on_eval=..., **kwargs)` in a fresh process; its RunResult.
 
     Raises TrialCrashed when the process raises or dies (exit code or signal in the message).
     """
@@ -61,7 +75,7 @@ def run_training(train_fn: str | Callable, config: RunConfig, *, on_eval: Callab
 _PRELOADED: list[str] = []
 
 
-def _train_context(train_fn: str | Callable):
+def _train_context(train_fn: TrainFn):
     """Fork training processes from a server that has imported the trainer once (saves seconds a run).
 
     The server is a clean process (no threads, no open databases), so forking it is safe.
@@ -70,8 +84,7 @@ def _train_context(train_fn: str | Callable):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     if not _PRELOADED:
-        module = train_fn.replace(":", ".").rpartition(".")[0] if isinstance(train_fn, str) else train_fn.__module__
-        _PRELOADED[:] = ["workbench.trial_process", "mlflow", module]
+        _PRELOADED[:] = ["workbench.trial_process", "mlflow", getattr(train_fn, "preload", train_fn.__module__)]
         ctx.set_forkserver_preload(_PRELOADED)
     return ctx
 
@@ -88,30 +101,21 @@ def _serve(conn, proc, on_eval) -> tuple[str, Any] | None:
             return msg[0], msg[1]
 
 
-def _train_child(conn, train_fn, config: RunConfig, wants_eval: bool, kwargs: dict, parent_pid: int) -> None:
+def _train_child(conn, train_fn: TrainFn, config: RunConfig, wants_eval: bool, kwargs: dict, parent_pid: int) -> None:
     die_with_parent(parent_pid)
-    fn = _resolve(train_fn)
 
     def on_eval(step: int, metrics: dict[str, float]) -> bool:
         conn.send(("eval", step, {k: float(v) for k, v in metrics.items()}))
         return bool(conn.recv())
 
     try:
-        result = fn(config, on_eval=on_eval if wants_eval else None, **kwargs)
-        conn.send(("result", asdict(result) if is_dataclass(result) else dict(vars(result))))
+        result = train_fn(config, on_eval=on_eval if wants_eval else None, **kwargs)
+        if not isinstance(result, RunResult):
+            raise TypeError(f"the train function returned a {type(result).__name__}, not a RunResult")
+        conn.send(("result", result))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         sys.exit(1)
-
-
-def _resolve(fn: str | Callable) -> Callable:
-    if callable(fn):
-        return fn
-    module, _, name = fn.replace(":", ".").rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"cannot import training function {fn!r}: {e}") from None
 
 
 def die_with_parent(owner_pid: int) -> None:
