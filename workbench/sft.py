@@ -167,17 +167,22 @@ def train_sft(model, tokenizer, task: ChainSumTask, config: RunConfig, log: Call
 def _replay_into_band(run: "_SFTRun", before: dict, low: float, high: float, log: Callable[[str], None]) -> float:
     """Redo an interval that jumped over the band with finer checks; stop at the first inside.
 
-    Training is deterministic given the snapshot, so the replay retraces the same path. When
-    no finer check lands inside, the replay ends at the first check above the band.
+    Training is deterministic given the snapshot, so the replay retraces the same path. A finer
+    interval that jumps over the band too is replayed again, down to single steps (the claims
+    study's warm start went 0.240 -> 0.338 sampled within 5 steps, over a 0.25-0.30 band); when no
+    step lands inside, the replay ends at the first check above the band.
     """
     end = run.step
     run.restore(before)
     chunk = max(1, (end - run.step) // _REPLAY_SPLITS)
     accuracy = 0.0
     while run.step < end:
+        start = run.snapshot() if chunk > 1 else None
         run.train(min(chunk, end - run.step))
         accuracy = run.accuracy()
         log(f"sft: replay step {run.step} {run.check} accuracy {accuracy:.3f}")
+        if accuracy > high and start is not None:
+            return _replay_into_band(run, start, low, high, log)
         if accuracy >= low:
             break
     return accuracy
