@@ -89,6 +89,8 @@ def test_jump_over_band_replays_to_a_checkpoint_inside(monkeypatch, tmp_path):
 def test_jump_with_no_inside_checkpoint_records_accuracy_reached(monkeypatch, tmp_path):
     _scripted(monkeypatch, lambda step: 0.0 if step < 35 else 0.9)
     info = _train(tmp_path, eval_every=40, max_steps=1000)
+    assert (info["steps"], info["accuracy"], info["in_band"]) == (40, 0.9, False)
+    info = _train(tmp_path, eval_every=40, max_steps=1000, replay_levels=8)
     assert (info["steps"], info["accuracy"], info["in_band"]) == (35, 0.9, False)  # the first step above
 
 
@@ -96,7 +98,9 @@ def test_a_replay_chunk_that_jumps_is_replayed_again_step_by_step(monkeypatch, t
     # The shape the claims study's sampled warm start took: 0.240 at step 160, 0.338 at 165.
     rise = {161: 0.26, 162: 0.29, 163: 0.31, 164: 0.33}
     _scripted(monkeypatch, lambda step: 0.24 if step <= 160 else rise.get(step, 0.338))
-    info = _train(tmp_path, eval_every=20, max_steps=1000, target_low=0.25, target_high=0.30)
+    once = _train(tmp_path, eval_every=20, max_steps=1000, target_low=0.25, target_high=0.30)
+    assert (once["steps"], once["accuracy"], once["in_band"]) == (165, 0.338, False)  # the default: one replay level
+    info = _train(tmp_path, eval_every=20, max_steps=1000, target_low=0.25, target_high=0.30, replay_levels=2)
     assert (info["steps"], info["accuracy"], info["in_band"]) == (161, 0.26, True)
 
 
@@ -273,6 +277,7 @@ def test_sampled_check_changes_the_cache_key_only_when_used(tmp_path):
     sampled = _config(tmp_path, check="sampled")
     assert sft.cache_key(sampled) != sft.cache_key(greedy)
     assert sft.cache_key(sampled) != sft.cache_key(_config(tmp_path, check="sampled", check_k=9))
+    assert sft.cache_key(greedy) != sft.cache_key(_config(tmp_path, replay_levels=2))
 
 
 def test_sft_seed_shares_one_warm_start_across_run_seeds(tmp_path):

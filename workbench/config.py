@@ -70,6 +70,7 @@ class TaskConfig(Strict):
 class SFTConfig(Strict):
     enabled: bool = Field(True, description="warm-start micro models with supervised fine-tuning (cached)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the warm start (initial weights and SFT data); None: the run's seed. One fixed seed gives every run seed the same warm start, so seeds differ only in RL's random stream")
+    replay_levels: int = Field(1, ge=1, le=8, description="how many times a replay chunk that jumps over the band is itself replayed with finer checks (1: once, the interval after the last check below the band)")
     check: Literal["greedy", "sampled"] = Field("greedy", description="how the stop rule measures held-out accuracy: one greedy response per problem, or avg@check_k sampled at check_temperature")
     check_k: int = Field(4, ge=1, description="sampled check: responses per held-out problem")
     check_temperature: float = Field(1.0, gt=0, description="sampled check: sampling temperature (the rollouts' by default)")

@@ -95,6 +95,8 @@ def cache_key(config: RunConfig) -> str:
     """Readable prefix plus a hash of everything that shapes the warm start."""
     # The sampled check's settings shape a warm start only when it is used: greedy keys stay as they were.
     sampled_only = set() if config.sft.check == "sampled" else {"check", "check_k", "check_temperature"}
+    if config.sft.replay_levels == 1:  # the rule warm starts were built with before the setting existed
+        sampled_only.add("replay_levels")
     shaping = {
         "task": config.task.model_dump(exclude={"source"}),  # warm starts are for chain sums only
         "model": config.model.name,
@@ -154,7 +156,7 @@ def train_sft(model, tokenizer, task: ChainSumTask, config: RunConfig, log: Call
         accuracy = run.accuracy()
         log(f"sft: step {run.step} loss {loss:.3f} {sft.check} accuracy {accuracy:.3f} ({time.perf_counter() - start:.0f}s)")
         if accuracy > high:
-            accuracy = _replay_into_band(run, before, low, high, log)
+            accuracy = _replay_into_band(run, before, low, high, log, sft.replay_levels)
         if accuracy >= low:
             break
     model.eval()
@@ -164,25 +166,26 @@ def train_sft(model, tokenizer, task: ChainSumTask, config: RunConfig, log: Call
     }
 
 
-def _replay_into_band(run: "_SFTRun", before: dict, low: float, high: float, log: Callable[[str], None]) -> float:
+def _replay_into_band(run: "_SFTRun", before: dict, low: float, high: float, log: Callable[[str], None],
+                      levels: int = 1) -> float:
     """Redo an interval that jumped over the band with finer checks; stop at the first inside.
 
-    Training is deterministic given the snapshot, so the replay retraces the same path. A finer
-    interval that jumps over the band too is replayed again, down to single steps (the claims
-    study's warm start went 0.240 -> 0.338 sampled within 5 steps, over a 0.25-0.30 band); when no
-    step lands inside, the replay ends at the first check above the band.
+    Training is deterministic given the snapshot, so the replay retraces the same path. With
+    `levels` > 1 a finer interval that jumps over the band too is replayed again (the claims
+    study's warm start went 0.240 -> 0.338 sampled within one 5-step chunk, over a 0.25-0.30 band,
+    at the default of 1); when no check lands inside, the replay ends at the first check above the band.
     """
     end = run.step
     run.restore(before)
     chunk = max(1, (end - run.step) // _REPLAY_SPLITS)
     accuracy = 0.0
     while run.step < end:
-        start = run.snapshot() if chunk > 1 else None
+        start = run.snapshot() if chunk > 1 and levels > 1 else None
         run.train(min(chunk, end - run.step))
         accuracy = run.accuracy()
         log(f"sft: replay step {run.step} {run.check} accuracy {accuracy:.3f}")
         if accuracy > high and start is not None:
-            return _replay_into_band(run, start, low, high, log)
+            return _replay_into_band(run, start, low, high, log, levels - 1)
         if accuracy >= low:
             break
     return accuracy
