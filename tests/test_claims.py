@@ -215,3 +215,24 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     assert list(table["verdict"]) == ["reproduced", "refuted"] and list(table["paired_seeds"]) == [5, 5]
     page = (tmp_path / "r" / "mini_claims" / "index.html").read_text()
     assert '<section id="claims">' in page and wc.RULE[:60] in page
+
+
+def test_report_prints_a_claim_without_paired_seeds_as_na(tmp_path, monkeypatch):
+    # A study still running (or an arm that never finished) has links with no pairs: their CSV cells are empty.
+    from typer.testing import CliRunner
+
+    from workbench import report
+    from workbench.cli import app
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "index.html").write_text("<html></html>")
+    (folder / "claims.csv").write_text(
+        "claim,verdict,comparison,measure,effect,ci_low,ci_high,seeds_agree,paired_seeds\n"
+        "exploration,inconclusive,pos_up_loose > base,entropy_late,,,,0,0\n"
+        "distillation,reproduced,pos_down_loose < base,entropy_late,-0.05,-0.08,-0.02,5,5\n")
+    monkeypatch.setattr(report, "make_report", lambda *a, **k: folder / "index.html")
+    out = CliRunner().invoke(app, ["report", "study", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert out.exit_code == 0, out.output
+    assert "claim exploration: inconclusive (pos_up_loose > base on entropy_late: effect n/a [n/a, n/a], 0/0" in out.output
+    assert "claim distillation: reproduced (pos_down_loose < base on entropy_late: effect -0.050 [-0.080, -0.020], 5/5" in out.output

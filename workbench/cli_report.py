@@ -47,11 +47,14 @@ def register(app: typer.Typer) -> None:
         if verdicts.exists():
             import csv
 
+            def num(text: str) -> str:  # a link without paired seeds has no effect: the CSV cell is empty
+                return f"{float(text):+.3f}" if text not in ("", "nan") else "n/a"
+
             with verdicts.open() as f:
                 for row in csv.DictReader(f):
                     typer.echo(f"claim {row['claim']}: {row['verdict']} ({row['comparison']} on {row['measure']}: "
-                               f"effect {float(row['effect']):+.3f} [{float(row['ci_low']):+.3f}, "
-                               f"{float(row['ci_high']):+.3f}], {row['seeds_agree']}/{row['paired_seeds']} seeds agree)")
+                               f"effect {num(row['effect'])} [{num(row['ci_low'])}, {num(row['ci_high'])}], "
+                               f"{row['seeds_agree']}/{row['paired_seeds']} seeds agree)")
             typer.echo(f"claims table: {verdicts}")
 
     @app.command()
