@@ -11,6 +11,7 @@ import typer
 from workbench.cli_common import fail
 from workbench.config import ConfigError
 from workbench.errors import UserError, disk_full, first_line
+from workbench.names import FAILED, KILLED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ablation workbench for clipped policy-gradient RL of language models on math.")
@@ -90,13 +91,13 @@ def train(
         if not disk_full(e):
             raise
         fail(f"disk full: {first_line(e)}", code=1)
-    if result.status == "FAILED":  # one line: which run, how far it got, why
+    if result.status == FAILED:  # one line: which run, how far it got, why
         fail(f"run {result.run_id} failed after {result.steps_done} steps: {result.reason}", code=1)
     ev = ", ".join(f"{k} {v:.3f}" for k, v in result.final_eval.items())
     typer.echo(f"run {result.run_id}: {result.status} after {result.steps_done} steps in {result.wall_s:.0f}s; {ev}")
     if result.collapse:
         typer.echo(f"collapse: {result.collapse} from step {result.collapse_step}")
-    if result.status == "KILLED":
+    if result.status == KILLED:
         typer.echo(f"resume with: dispo-wb train --resume {result.run_id}")
         raise typer.Exit(130)
 

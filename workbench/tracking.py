@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.names import (FAILED, FINISHED, KILLED, KIND_STUDY, KIND_TRIAL, RUNNING, TAG_FAILURE, TAG_KIND,
+                             TAG_OPTUNA_STORAGE, TAG_PARENT, TAG_REPORT_DIGEST, TAG_SEED, TAG_STATE, TAG_STUDY,
+                             TAG_TRIAL)
 from workbench.stores import DEFAULT_TRACKING_URI, first_use_lock, resolve_tracking_uri  # noqa: F401 - re-exported
 
 _PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
@@ -84,13 +87,13 @@ class RunTracker:
             # computes again from that checkpoint: the store keeps the first record of each step.
             self.logged = {key: max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
                            for key in run.data.metrics}
-            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.update_run(self.run_id, status=RUNNING)
             self.set_tags({"resumed": "true", **writer_tags()})
             return
         exp_id = experiment_id(self.client, experiment)
         all_tags = {**(tags or {}), **writer_tags()}
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[TAG_PARENT] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         items = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in (params or {}).items()]
@@ -134,10 +137,10 @@ class RunTracker:
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+    def finish(self, status: str = FINISHED, reason: str | None = None) -> None:
         """End the run; FAILED and KILLED runs carry their reason as the `failure_reason` tag."""
         if reason:
-            self.set_tags({"failure_reason": reason[:5000]})
+            self.set_tags({TAG_FAILURE: reason[:5000]})
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -154,7 +157,7 @@ class NullTracker:
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None: ...
+    def finish(self, status: str = FINISHED, reason: str | None = None) -> None: ...
 
 
 def run_info(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def download_text(run_id: str, artifact_file: str, tracking_uri: str | None = No
 
 # ---- studies: used by sweep.py ----
 
-_TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+_TRIAL_STATUS = {"COMPLETE": FINISHED, "PRUNED": FINISHED, "FAIL": FAILED}  # Optuna state -> run status
 
 
 # MLflow 3 UI opens an experiment without this tag in its GenAI view ("0 traces"); these are training runs.
@@ -225,13 +228,13 @@ def open_study_run(*, study_name: str, experiment: str, tags: dict[str, str], te
     """
     client = _client(tracking_uri)
     exp_id = experiment_id(client, experiment)
-    found = [r for r in client.search_runs([exp_id], f"tags.`dispo.study` = '{study_name}' and tags.`dispo.kind` = 'study'",
+    found = [r for r in client.search_runs([exp_id], f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`{TAG_KIND}` = '{KIND_STUDY}'",
                                            order_by=["attributes.start_time ASC"])
-             if r.data.tags.get("optuna.storage") == tags.get("optuna.storage")]
-    all_tags = {**tags, "dispo.kind": "study", "dispo.study": study_name}
+             if r.data.tags.get(TAG_OPTUNA_STORAGE) == tags.get(TAG_OPTUNA_STORAGE)]
+    all_tags = {**tags, TAG_KIND: KIND_STUDY, TAG_STUDY: study_name}
     if found:
         run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
+        client.update_run(run_id, status=RUNNING)
         _set_tags(client, run_id, all_tags)
     else:
         run_id = client.create_run(exp_id, run_name=study_name, tags=all_tags).info.run_id
@@ -261,8 +264,8 @@ def open_trial_run(*, parent_run_id: str, study_name: str, trial_number: int, pa
 
     client = _client(tracking_uri)
     parent = client.get_run(parent_run_id)
-    all_tags = {**(tags or {}), "mlflow.parentRunId": parent_run_id, "dispo.kind": "trial",
-                "dispo.study": study_name, "dispo.trial": str(trial_number), "dispo.state": "RUNNING"}
+    all_tags = {**(tags or {}), TAG_PARENT: parent_run_id, TAG_KIND: KIND_TRIAL,
+                TAG_STUDY: study_name, TAG_TRIAL: str(trial_number), TAG_STATE: "RUNNING"}  # Optuna's state
     run = client.create_run(parent.info.experiment_id, run_name=f"{study_name}-t{trial_number:04d}", tags=all_tags)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()],
                      synchronous=True)
@@ -275,8 +278,8 @@ def close_trial_run(run_id: str, *, state: str, metrics: dict[str, float] | None
     """Write the trial's values and Optuna state back; COMPLETE and PRUNED end FINISHED, FAIL ends
     FAILED, or KILLED when the sweep was interrupted."""
     client = _client(tracking_uri)
-    _log_values(client, run_id, metrics or {}, {**(tags or {}), "dispo.state": state})
-    client.set_terminated(run_id, status="KILLED" if killed else _TRIAL_STATUS.get(state, "FAILED"))
+    _log_values(client, run_id, metrics or {}, {**(tags or {}), TAG_STATE: state})
+    client.set_terminated(run_id, status=KILLED if killed else _TRIAL_STATUS.get(state, FAILED))
 
 
 def kill_runs(run_ids: list[str], reason: str, tracking_uri: str | None = None) -> int:
@@ -287,12 +290,12 @@ def kill_runs(run_ids: list[str], reason: str, tracking_uri: str | None = None) 
     while todo:
         run_id = todo.pop()
         run = client.get_run(run_id)
-        children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+        children = client.search_runs([run.info.experiment_id], f"tags.`{TAG_PARENT}` = '{run_id}'")
         todo += [c.info.run_id for c in children]
-        if run.info.status == "RUNNING":
-            _set_tags(client, run_id, {"failure_reason": reason, "dispo.state": "FAIL"} if
-                      run.data.tags.get("dispo.kind") == "trial" else {"failure_reason": reason})
-            client.set_terminated(run_id, status="KILLED")
+        if run.info.status == RUNNING:
+            _set_tags(client, run_id, {TAG_FAILURE: reason, TAG_STATE: "FAIL"} if
+                      run.data.tags.get(TAG_KIND) == KIND_TRIAL else {TAG_FAILURE: reason})
+            client.set_terminated(run_id, status=KILLED)
             killed += 1
     return killed
 
@@ -301,7 +304,7 @@ def kill_running_trials(parent_run_id: str, reason: str, tracking_uri: str | Non
     """After a sweep died: every RUNNING run beneath the study run (trials, seed runs) becomes KILLED."""
     client = _client(tracking_uri)
     parent = client.get_run(parent_run_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
     return kill_runs([c.info.run_id for c in children], reason, tracking_uri)
 
 
@@ -357,7 +360,7 @@ class RunRecord:
 
     @property
     def parent_run_id(self) -> str | None:
-        return self.tags.get("mlflow.parentRunId")
+        return self.tags.get(TAG_PARENT)
 
 
 @dataclass
@@ -433,11 +436,11 @@ def resolve_target(target: str, tracking_uri: str | None = None) -> TargetRuns:
     client = _reading_client(tracking_uri)
     notes: list[str] = []
     run = _get_run(client, target) if len(target) == _RUN_ID_LEN else None
-    if run is not None and run.data.tags.get("dispo.kind") == "study":
-        target = run.data.tags.get("dispo.study", target)
+    if run is not None and run.data.tags.get(TAG_KIND) == KIND_STUDY:
+        target = run.data.tags.get(TAG_STUDY, target)
         run = None
     if run is None:
-        parents = _search(client, f"tags.`dispo.kind` = 'study' and tags.`dispo.study` = {_quote(target)}")
+        parents = _search(client, f"tags.`{TAG_KIND}` = '{KIND_STUDY}' and tags.`{TAG_STUDY}` = {_quote(target)}")
         if parents:
             return _study_target(client, target, parents)
         named = _search(client, f"attributes.run_name = {_quote(target)}")
@@ -446,11 +449,11 @@ def resolve_target(target: str, tracking_uri: str | None = None) -> TargetRuns:
             if len(named) > 1:
                 notes.append(f"{len(named)} runs are named {target}; showing the latest ({run.info.run_id}); "
                              "pass a run id for another")
-    if run is not None and run.data.tags.get("dispo.kind") == "trial":
+    if run is not None and run.data.tags.get(TAG_KIND) == KIND_TRIAL:
         # A sweep trial's run holds its value; its training runs (one per seed) sit beneath it.
-        seeds = [_record(r) for r in _search(client, f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+        seeds = [_record(r) for r in _search(client, f"tags.`{TAG_PARENT}` = '{run.info.run_id}'",
                                              [run.info.experiment_id])]
-        seeds = sorted((r for r in seeds if r.metric_keys), key=lambda r: (r.start_ms, _int(r.tags.get("dispo.seed"))))
+        seeds = sorted((r for r in seeds if r.metric_keys), key=lambda r: (r.start_ms, _int(r.tags.get(TAG_SEED))))
         return TargetRuns("trial", run.info.run_name, seeds, run.info.run_id, run.info.experiment_id, notes=notes)
     if run is not None:
         rec = _record(run)
@@ -496,8 +499,8 @@ def _study_target(client, name: str, parents: list) -> TargetRuns:
     everything = _search(client, "", [parent.info.experiment_id])
     children: dict[str, list] = {}
     for r in everything:
-        children.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r)
-    found = {r.info.run_id: r for r in everything if r.data.tags.get("dispo.study") == name}
+        children.setdefault(r.data.tags.get(TAG_PARENT), []).append(r)
+    found = {r.info.run_id: r for r in everything if r.data.tags.get(TAG_STUDY) == name}
     frontier, seen = [parent.info.run_id], {parent.info.run_id}
     while frontier:  # children, then theirs: a sweep may nest seed runs under trial runs
         kids = [c for p in frontier for c in children.get(p, []) if c.info.run_id not in seen]
@@ -507,9 +510,9 @@ def _study_target(client, name: str, parents: list) -> TargetRuns:
     found.pop(parent.info.run_id, None)
     # Trial runs hold the trial's values, not training curves: keep the leaves (the seed runs).
     runs = [_record(r) for r in found.values() if r.data.metrics and r.info.run_id not in children]
-    runs.sort(key=lambda r: (_int(r.tags.get("dispo.trial")), r.start_ms, r.name))
+    runs.sort(key=lambda r: (_int(r.tags.get(TAG_TRIAL)), r.start_ms, r.name))
     return TargetRuns("study", name, runs, parent.info.run_id, parent.info.experiment_id,
-                      study_storage=parent.data.tags.get("optuna.storage"), notes=notes)
+                      study_storage=parent.data.tags.get(TAG_OPTUNA_STORAGE), notes=notes)
 
 
 def _int(text: str | None) -> float:
@@ -527,7 +530,7 @@ def _unknown(client, target: str):
     experiments = [e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     runs = _search(client, "")
     names = set(experiments) | {r.info.run_name for r in runs if r.info.run_name}
-    names |= {r.data.tags["dispo.study"] for r in runs if "dispo.study" in r.data.tags}
+    names |= {r.data.tags[TAG_STUDY] for r in runs if TAG_STUDY in r.data.tags}
     close = difflib.get_close_matches(target, sorted(names), n=5, cutoff=0.5)
     if close:
         hint = "closest: " + ", ".join(close)
@@ -644,11 +647,11 @@ def log_report(run_id: str, directory: str | Path, tracking_uri: str | None = No
     """Upload a report folder as the run's `report/` artifacts, unless the run already holds the
     report with this content `digest` (tag `dispo.report_digest`); returns whether it uploaded."""
     client = _client(tracking_uri)
-    if digest and client.get_run(run_id).data.tags.get("dispo.report_digest") == digest:
+    if digest and client.get_run(run_id).data.tags.get(TAG_REPORT_DIGEST) == digest:
         return False
     client.log_artifacts(run_id, str(directory), "report")
     if digest:
-        client.set_tag(run_id, "dispo.report_digest", digest)
+        client.set_tag(run_id, TAG_REPORT_DIGEST, digest)
     return True
 
 
@@ -669,5 +672,5 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
 
 def latest_study_storage(tracking_uri: str | None = None) -> str | None:
     """The Optuna storage of the most recently started study (its parent run's `optuna.storage` tag)."""
-    parents = _search(_reading_client(tracking_uri), "tags.`dispo.kind` = 'study'")
-    return next((p.data.tags["optuna.storage"] for p in parents if p.data.tags.get("optuna.storage")), None)
+    parents = _search(_reading_client(tracking_uri), f"tags.`{TAG_KIND}` = '{KIND_STUDY}'")
+    return next((p.data.tags[TAG_OPTUNA_STORAGE] for p in parents if p.data.tags.get(TAG_OPTUNA_STORAGE)), None)
