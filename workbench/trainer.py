@@ -239,7 +239,7 @@ class _Run:
                 if self.step % cfg.eval.every == 0 or self.step == cfg.steps:
                     stopped = self._evaluate(tracker, on_eval) or stopped
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set or stopped:
-                    checkpoint.save(self._state(), self.run_id, self.ckpt_root)
+                    checkpoint.save(self._state(), self.run_id, self.ckpt_root, config_yaml=dump_yaml(cfg))
                 bar(self.step, metrics, self.last_eval)
                 if stopped:
                     tracker.set_tags({"stopped_early": "true"})
