@@ -147,6 +147,8 @@ def report_run(stack, root: Path, steps: int, repeats: int) -> None:
 
     from tests.report_fixtures import experiment, log_study
     from workbench import tracking
+    from workbench.tracking import histories
+    from workbench.tracking.store import reading_client
     from workbench.report import make_report
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -166,14 +168,14 @@ def report_run(stack, root: Path, steps: int, repeats: int) -> None:
             make_report(name, tracking_uri=uri, out_dir=root / f"reports-{label}", png=False, log_artifact=False)
             times[label].append(time.perf_counter() - t)
         target = tracking.resolve_target(name, stack.tracking_uri)
-        client = tracking._reading_client(stack.tracking_uri)
+        client = reading_client(stack.tracking_uri)
         t = time.perf_counter()
-        tracking._client_metric_rows(client, target.runs)
+        histories.client_metric_rows(client, target.runs)
         times["server per-(run,key) histories"].append(time.perf_counter() - t)
     target = tracking.resolve_target(name, stack.tracking_uri)
     keys = {k for r in target.runs for k in r.metric_keys}
     t = time.perf_counter()
-    tracking._server_metric_rows(tracking._reading_client(stack.tracking_uri), target.runs)
+    histories.server_metric_rows(reading_client(stack.tracking_uri), target.runs)
     bulk_s = time.perf_counter() - t
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"report of the 64-trial study, median of {repeats}: SQLite {med['sqlite']:.1f} s, server "

@@ -148,3 +148,54 @@ def test_eval_reports_avg_and_pass_at_k():
     out = runner.invoke(app, ["eval", "--checkpoint", "micro-0.5m", "--k", "2", "--limit", "4", "--max-new-tokens", "8"])
     assert out.exit_code == 0, out.output
     assert "eval/micro/accuracy\t" in out.output and "eval/micro/pass_at_2\t" in out.output
+
+
+def test_eval_scores_a_run_on_the_task_it_trained_on(tmp_path, monkeypatch):
+    """`eval --checkpoint .cache/checkpoints/<run_id>` draws micro problems from the run's task, not the default one."""
+    import torch
+
+    from workbench import evaluation
+    from workbench.config import TaskConfig
+    from workbench.tasks.micro import build_task
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {name: micro-0.5m}\nsft: {enabled: false}\nsteps: 1\nthreads: 1\nupdates_per_rollout: 2\n"
+                   "rollout: {prompts_per_step: 2, group_size: 2, max_new_tokens: 8}\neval: {k: 1, limit: 2}\n"
+                   "task: {min_terms: 3, max_terms: 3, digits: 2}\n")
+    out = runner.invoke(app, ["train", "--config", str(cfg), "--tracking-uri", uri, "--quiet"])
+    assert out.exit_code == 0, out.output
+    (folder,) = (tmp_path / ".cache" / "checkpoints").iterdir()
+    trained = torch.load(folder / "state.pt", weights_only=False)["policy"]
+    seen: list = []
+
+    def fake_evaluate(backend, tok, problems, *, benchmark, **_):
+        seen.append([p.prompt for p in problems])
+        weights = backend.model.state_dict()
+        assert all(torch.equal(weights[k].cpu(), v) for k, v in trained.items())  # the run's policy, not a fresh one
+        return {f"eval/{benchmark}/accuracy": 0.0}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+
+    def prompts(**task):
+        return [p.prompt for p in build_task(TaskConfig(**task)).eval_set()[:5]]
+
+    args = ["eval", "--checkpoint", str(folder), "--k", "1", "--limit", "5"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert seen.pop() == prompts(min_terms=3, max_terms=3, digits=2) != prompts()
+    assert f"task: chain_sum, 3-3 terms of 2 digit(s), held-out set of 200 (seed 1234) (from {folder / 'config.yaml'})" in out.output
+    # A folder from before config.yaml was written beside state.pt: the run's config artifact.
+    (folder / "config.yaml").unlink()
+    out = runner.invoke(app, [*args, "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    assert seen.pop() == prompts(min_terms=3, max_terms=3, digits=2) and f"(from run {folder.name})" in out.output
+    out = runner.invoke(app, [*args, "--tracking-uri", f"sqlite:///{tmp_path}/other.db"])
+    assert out.exit_code == 2 and "holds no config.yaml" in out.output and not (tmp_path / "other.db").exists()
+    # An explicit task setting still wins; anything but task.* is refused.
+    out = runner.invoke(app, [*args, "--tracking-uri", uri, "--set", "task.min_terms=2", "--set", "task.digits=1"])
+    assert out.exit_code == 0, out.output
+    assert seen.pop() == prompts(min_terms=2, max_terms=3, digits=1)
+    out = runner.invoke(app, [*args, "--set", "lr=0.1"])
+    assert out.exit_code == 2 and "eval takes task settings only" in out.output and not seen

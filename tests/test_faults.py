@@ -18,7 +18,8 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from workbench import liveness, stale_runs, tracking
+from workbench import liveness, stale_runs
+from workbench.tracking.store import open_client
 from workbench.cli import app
 from workbench.config import build_run_config
 from workbench.names import TAG_FAILURE, TAG_HOST, TAG_PID
@@ -84,7 +85,7 @@ def test_kill_9_then_resume_marks_the_run_killed_and_logs_each_step_once(tmp_pat
         def logged_step_4():
             if not (tmp_path / "m.db").exists():
                 return None
-            c = tracking._client(uri)  # under the store's first-use lock: the child may be creating it
+            c = open_client(uri)  # under the store's first-use lock: the child may be creating it
             exp = c.get_experiment_by_name("dispo-wb")
             runs = c.search_runs([exp.experiment_id]) if exp else []
             return runs and 4 in _steps(c, runs[0].info.run_id, "loss/policy") and runs[0]

@@ -22,6 +22,8 @@ from typer.testing import CliRunner
 
 from tests.report_fixtures import BOUNDS, FakeRun, build_store, eval_series, log_run, series
 from workbench import report, tracking
+from workbench.tracking import histories
+from workbench.tracking.store import reading_client
 from workbench.cli_report import register
 from workbench.collapse import BASELINE_STEPS
 from workbench.errors import UserError
@@ -90,9 +92,9 @@ def test_histories_are_complete_and_the_sql_path_matches_the_client_path(store):
     np.testing.assert_allclose(s.values, expected["entropy/mean"])
     assert np.all(np.diff(s.elapsed_s) > 0) and s.elapsed_s[0] == pytest.approx(2.0)
     assert run.metrics["eval/micro/accuracy"].steps.tolist() == sorted(eval_series(fake, expected))
-    client = tracking._reading_client(store.uri)
-    fast = tracking._sql_metric_rows(client, [run.run_id])
-    slow = tracking._client_metric_rows(client, [run])
+    client = reading_client(store.uri)
+    fast = histories.sql_metric_rows(client, [run.run_id])
+    slow = histories.client_metric_rows(client, [run])
     assert sorted(fast) == sorted(slow) and len(fast) == sum(len(m.steps) for m in run.metrics.values())
 
 

@@ -26,6 +26,8 @@ from optuna.trial import TrialState
 
 from tests import services_stack as ss
 from workbench import services, tracking
+from workbench.tracking import histories
+from workbench.tracking.queries import run_record
 from workbench.credentials import redact, take_password
 
 _why = ss.missing()
@@ -176,15 +178,15 @@ def test_report_reads_whole_histories_from_the_server_in_one_request_per_metric(
     client = MlflowClient(stack.tracking_uri)
     exp = experiment(client, "exp-bulk")
     ids = [log_run(client, exp, FakeRun(f"bulk-{i}", steps=30, seed=i)) for i in range(3)]
-    runs = [tracking._record(client.get_run(i)) for i in ids]
+    runs = [run_record(client.get_run(i)) for i in ids]
     calls = []
     real = rest_utils.http_request
     monkeypatch.setattr(rest_utils, "http_request", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
-    bulk = sorted(tracking._server_metric_rows(client, runs))
+    bulk = sorted(histories.server_metric_rows(client, runs))
     keys = {k for r in runs for k in r.metric_keys}
     assert len(calls) == len(keys) and len(keys) > 20
     monkeypatch.setattr(rest_utils, "http_request", real)
-    assert bulk == sorted(tracking._client_metric_rows(client, runs))  # the same points, every step
+    assert bulk == sorted(histories.client_metric_rows(client, runs))  # the same points, every step
     tracking.load_histories(runs, stack.tracking_uri)
     assert len(runs[0].metrics["reward/mean"].steps) == 30
 

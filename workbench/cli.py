@@ -11,6 +11,7 @@ import typer
 from workbench.cli_common import fail
 from workbench.config import ConfigError
 from workbench.errors import UserError, disk_full, first_line
+from workbench.names import FAILED, KILLED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ablation workbench for clipped policy-gradient RL of language models on math.")
@@ -90,13 +91,13 @@ def train(
         if not disk_full(e):
             raise
         fail(f"disk full: {first_line(e)}", code=1)
-    if result.status == "FAILED":  # one line: which run, how far it got, why
+    if result.status == FAILED:  # one line: which run, how far it got, why
         fail(f"run {result.run_id} failed after {result.steps_done} steps: {result.reason}", code=1)
     ev = ", ".join(f"{k} {v:.3f}" for k, v in result.final_eval.items())
     typer.echo(f"run {result.run_id}: {result.status} after {result.steps_done} steps in {result.wall_s:.0f}s; {ev}")
     if result.collapse:
         typer.echo(f"collapse: {result.collapse} from step {result.collapse_step}")
-    if result.status == "KILLED":
+    if result.status == KILLED:
         typer.echo(f"resume with: dispo-wb train --resume {result.run_id}")
         raise typer.Exit(130)
 
@@ -123,20 +124,28 @@ def _train_on_engine(cfg, tracking_uri: str | None, dry_run: bool, engine_args: 
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Annotated[str, typer.Option(help="saved model folder (e.g. .cache/checkpoints/<run>/policy) or micro model name")],
+    checkpoint: Annotated[str, typer.Option(help="a run's checkpoint folder, .cache/checkpoints/<run_id> as train writes it "
+                                                 "(scored on the task the run trained on); a saved model folder "
+                                                 "(save_pretrained); or a micro model name")],
     benchmark: Annotated[list[str], typer.Option(help="benchmark name, repeatable (micro, aime24, file:PATH?...)")] = ["micro"],
     k: Annotated[int, typer.Option(min=1, help="samples per problem (avg@k, pass@k)")] = 4,
     temperature: Annotated[float, typer.Option(min=0.0, help="sampling temperature; 0 = greedy")] = 1.0,
     limit: Annotated[Optional[int], typer.Option(min=1, help="first N problems only")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="response length limit")] = 48,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
+                                                      help="task.KEY=VALUE over the checkpoint's task, repeatable "
+                                                           "(e.g. task.digits=2)")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="store of the checkpoint's run, read when its folder "
+                                                             "holds no config.yaml (older checkpoints)")] = None,
 ) -> None:
     """Evaluate a saved model on benchmarks: avg@k and pass@k."""
-    from workbench.runs import evaluate_checkpoint
+    from workbench.runs import evaluate_checkpoint, parse_set_flags
 
     try:
         results = evaluate_checkpoint(checkpoint, benchmark, k=k, temperature=temperature, limit=limit,
-                                      max_new_tokens=max_new_tokens, seed=seed)
+                                      max_new_tokens=max_new_tokens, seed=seed, settings=parse_set_flags(set_ or []),
+                                      tracking_uri=tracking_uri, echo=typer.echo)
     except (UserError, ConfigError) as e:
         fail(getattr(e, "lines", None) or str(e))
     for key, value in results.items():

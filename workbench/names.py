@@ -33,6 +33,38 @@ def pass_at(k: int) -> str:
     return f"pass_at_{k}"
 
 
+REGIME_PREFIX = "regime/"  # every regime_key starts so
+EVAL_PREFIX = "eval/"  # every eval_key starts so
+
+# Per-step keys that are not built from a regime or a benchmark.
+ENTROPY_MEAN = "entropy/mean"  # from full logits at the sampling temperature
+LOSS_POLICY = "loss/policy"
+GRAD_NORM = "grad/norm"
+RATIO_MEAN, RATIO_MAX = "ratio/mean", "ratio/max"
+RATIO_ABS_DEV = "ratio/abs_dev_mean"  # mean |r - 1| over off-policy tokens
+LENGTH_MEAN = "response/length_mean"
+LENGTH_CORRECT = "response/length_correct"
+LENGTH_INCORRECT = "response/length_incorrect"
+TRUNCATED_FRAC = "response/truncated_frac"
+REPETITION_RATE = "response/repetition_rate"
+REWARD_MEAN = "reward/mean"
+REWARD_TIMEOUT_FRAC = "reward/timeout_frac"
+REWARD_CRASH_FRAC = "reward/crash_frac"
+TRAIN_ACCURACY = "train/accuracy"
+ZERO_ADV_GROUP_FRAC = "batch/zero_adv_group_frac"
+LOGP_MISMATCH_MEAN, LOGP_MISMATCH_MAX = "rollout/logp_mismatch_mean", "rollout/logp_mismatch_max"
+ROLLOUT_TOKENS_PER_S = "perf/rollout_tokens_per_s"
+ROLLOUT_POSITIONS_PER_S = "perf/rollout_positions_per_s"  # B x longest response, padding included
+UPDATE_TOKENS_PER_S = "perf/update_tokens_per_s"
+STEP_S = "perf/step_s"
+TRACKING_S = "perf/tracking_s"
+
+
+def phase_key(phase: str) -> str:
+    """`perf/<phase>_s`: seconds a step spent in one phase (generate, reward, old_logp, update)."""
+    return f"perf/{phase}_s"
+
+
 # --- MLflow tags ---------------------------------------------------------------------------------
 
 TAG_KIND = "dispo.kind"  # train | study | trial
@@ -55,6 +87,7 @@ TAG_PRUNE_REASON = "prune_reason"
 TAG_PID = "dispo.pid"  # the process that writes a training run, to tell a dead run from a live one
 TAG_HOST = "dispo.host"
 TAG_PROC_START = "dispo.proc_start"  # that process's start time (ticks since boot), against pid reuse
+TAG_REPORT_DIGEST = "dispo.report_digest"  # content digest of the report uploaded to a run
 TAG_PARENT = "mlflow.parentRunId"
 TAG_FAILURE = "failure_reason"
 TAG_COLLAPSE = "collapse"

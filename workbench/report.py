@@ -45,6 +45,7 @@ from workbench.services import port_free
 from workbench.reporting import claims as claims_report
 from workbench.reporting import clip_space, curves, trials
 from workbench.collapse import KINDS, TITLES, Criterion
+from workbench.names import EVAL_PREFIX, REGIME_PREFIX
 from workbench.reporting.runs import (BOUNDS, accuracy_key, best_value, collapse_criteria, collapse_marker,
                                       confounders, final_value, fmt_bound, run_bounds, run_label, run_wall_s, several_studies,
                                       start_value)
@@ -84,7 +85,7 @@ class SummaryInfo(NamedTuple):
 
 def _get_summary_info(target: TargetRuns, acc_key: str | None) -> SummaryInfo:
     rows, with_study = [], several_studies(target.runs)
-    se_key = f"{acc_key}_se" if acc_key and acc_key.startswith("eval/") else None
+    se_key = f"{acc_key}_se" if acc_key and acc_key.startswith(EVAL_PREFIX) else None
     for r in target.runs:
         m = collapse_marker(r)
         rows.append(SummaryRow(
@@ -191,7 +192,7 @@ def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
         info = get(runs, acc_key)
         has = any(p.curves for p in info.runs)
         notes = [f"not logged: {', '.join(info.missing)}"] if info.missing else []
-        regime_nan = max((v for k, v in info.undefined.items() if k.startswith("regime/")), default=0.0)
+        regime_nan = max((v for k, v in info.undefined.items() if k.startswith(REGIME_PREFIX)), default=0.0)
         if regime_nan:
             notes.append(f"regime statistics are undefined (NaN) at {regime_nan:.0%} of the logged steps: steps where "
                          "no token carried a nonzero advantage (every group had one reward; see "

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
 from workbench.errors import UserError
 from workbench.names import FINISHED, RUNNING, TAG_PID
+from workbench.params import is_micro
 
 
 def parse_set_flags(items: list[str]) -> dict[str, Any]:
@@ -74,34 +75,97 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
     return build_run_config(data, {k: v for k, v in overrides.items() if v is not None})
 
 
+class CheckpointSource(NamedTuple):
+    """What `dispo-wb eval --checkpoint` scores: the model to build, the task it was trained on, its weights."""
+
+    model: ModelConfig
+    task: TaskConfig
+    state: Path | None  # a run checkpoint's `state.pt` (the trained policy); None: the model is complete as named
+    origin: str  # where the task came from, for the output
+
+
+def checkpoint_source(checkpoint: str, settings: dict[str, Any] | None = None,
+                      tracking_uri: str | None = None) -> CheckpointSource:
+    """Read what `checkpoint` names, without torch: a bad input is refused before it loads.
+
+    A run's checkpoint folder (`.cache/checkpoints/<run_id>`, what `train` writes) carries the
+    run's config next to its `state.pt`; a folder from before that finds it in the run's
+    `config.yaml` artifact in the tracking store. `settings` (`--set task.KEY=VALUE`) override
+    the task. A saved model folder or a micro model name has no run: the default task.
+    """
+    from workbench.checkpoint import CONFIG_FILE, STATE_FILE
+
+    bad = sorted(k for k in settings or {} if not k.startswith("task."))
+    if bad:
+        raise ConfigError([f"--set {bad[0]}: eval takes task settings only (task.KEY=VALUE, e.g. task.digits=2)"])
+    path = Path(checkpoint).expanduser()
+    if path.is_file() and path.name == STATE_FILE:
+        path = path.parent
+    if not (path / STATE_FILE).is_file():
+        if not is_micro(checkpoint) and not path.exists():
+            raise UserError(f"--checkpoint: {checkpoint} is not a run's checkpoint folder, a saved model folder or a "
+                            "micro model name")
+        task = build_run_config({}, settings=settings).task
+        return CheckpointSource(ModelConfig(name=checkpoint), task, None, "the default task" if not settings else "--set")
+    if (path / CONFIG_FILE).is_file():
+        data, origin = read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE)
+    else:
+        data, origin = _run_config_data(path.name, tracking_uri, path), f"run {path.name}"
+    cfg = build_run_config(data, settings=settings)
+    # The device is this machine's choice, not the training machine's.
+    return CheckpointSource(cfg.model.model_copy(update={"device": "auto"}), cfg.task, path / STATE_FILE,
+                            origin + (" with --set" if settings else ""))
+
+
+def _run_config_data(run_id: str, tracking_uri: str | None, path: Path) -> dict[str, Any]:
+    """The `config.yaml` artifact of the run a checkpoint folder is named after."""
+    from workbench import tracking
+
+    try:
+        uri = tracking.require_store(tracking_uri)
+        return yaml.safe_load(tracking.download_text(run_id, "config.yaml", uri)) or {}
+    except UserError as e:
+        reason = str(e)
+    except Exception as e:  # MLflow raises its own exception types for unknown runs and artifacts
+        reason = f"run {run_id} or its config.yaml is not in {tracking.resolve_tracking_uri(tracking_uri)} ({type(e).__name__})"
+    raise UserError(f"--checkpoint: {path} holds no config.yaml and {reason}; pass --tracking-uri of the store "
+                    "the run was logged to")
+
+
 def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, temperature: float, limit: int | None,
-                        max_new_tokens: int, seed: int) -> dict[str, float]:
+                        max_new_tokens: int, seed: int, settings: dict[str, Any] | None = None,
+                        tracking_uri: str | None = None, echo: Callable[[str], None] | None = None) -> dict[str, float]:
+    """avg@k and pass@k of a saved policy on `benchmarks`, `micro` drawn from the task it was trained on."""
+    source = checkpoint_source(checkpoint, settings, tracking_uri)
+    if echo is not None:
+        echo(f"task: {_task_text(source.task)} (from {source.origin})")
     import torch
 
+    from workbench.checkpoint import load
     from workbench.evaluation import evaluate
-    from workbench.models import build_prompt, is_micro, load_policy, select_device
+    from workbench.models import build_prompt, load_policy, select_device
     from workbench.rewards import RewardPool, score_answer
     from workbench.rollout.hf import HFBackend
     from workbench.tasks.benchmarks import load_benchmark
 
     random.seed(seed)
     torch.manual_seed(seed)
-    if not is_micro(checkpoint) and not Path(checkpoint).exists():
-        raise UserError(f"--checkpoint: {checkpoint} is not a saved model folder or a micro model name")
-    mcfg = ModelConfig(name=checkpoint)
+    mcfg = source.model
     try:
         model, tok = load_policy(mcfg, seed)
     except ValueError as e:
         raise UserError(f"--checkpoint: {e}") from None
+    if source.state is not None:
+        model.load_state_dict(load(source.state.parent.name, source.state.parent.parent)["policy"])
     device = select_device(mcfg)
     model = model.to(device).eval()
     backend = HFBackend(model, tok, device)
-    micro_prompts = is_micro(checkpoint) or getattr(tok, "chat_template", None) is None
+    micro_prompts = is_micro(mcfg.name) or getattr(tok, "chat_template", None) is None
     out: dict[str, float] = {}
     with RewardPool(workers=1, scorer=functools.partial(score_answer, require_boxed=True)) as pool:
         for name in benchmarks:
             try:
-                problems = load_benchmark(name, TaskConfig(), limit=limit)
+                problems = load_benchmark(name, source.task, limit=limit)
             except ValueError as e:
                 raise UserError(f"--benchmark: {e}") from None
             out.update(evaluate(backend, tok, problems, benchmark=name, k=k, temperature=temperature,
@@ -110,4 +174,12 @@ def evaluate_checkpoint(checkpoint: str, benchmarks: list[str], *, k: int, tempe
     return out
 
 
-__all__ = ["parse_set_flags", "run_config_from_cli", "resume_config", "evaluate_checkpoint", "ConfigError"]
+def _task_text(task: TaskConfig) -> str:
+    if task.name == "dataset":
+        return f"dataset {task.source}"
+    return (f"chain_sum, {task.min_terms}-{task.max_terms} terms of {task.digits} digit(s), "
+            f"held-out set of {task.eval_size} (seed {task.eval_seed})")
+
+
+__all__ = ["parse_set_flags", "run_config_from_cli", "resume_config", "checkpoint_source", "evaluate_checkpoint",
+           "ConfigError"]

@@ -1,6 +1,6 @@
 """Runs left RUNNING by a process that is gone: find them, mark them KILLED with the reason.
 
-Part of the tracking layer: it reaches MLflow only through `tracking._client`. Used by
+Part of the tracking layer: it reaches MLflow through `workbench.tracking.store`. Used by
 `dispo-wb train --resume` (the run to resume), by `dispo-wb runs clean` (the whole store);
 a sweep's own recovery marks its trials' runs through `tracking.kill_running_trials`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from workbench import tracking
+from workbench.tracking.store import open_client, search_runs, tag_run
 from workbench.liveness import writer_gone
 from workbench.names import KILLED, RUNNING, TAG_FAILURE, TAG_HOST, TAG_PID
 
@@ -24,8 +24,8 @@ class StaleRun(NamedTuple):
 
 def mark_killed(run_id: str, reason: str, tracking_uri: str | None = None) -> None:
     """End a RUNNING run KILLED, its reason in the `failure_reason` tag."""
-    client = tracking._client(tracking_uri)
-    tracking._set_tags(client, run_id, {TAG_FAILURE: reason[:5000]})
+    client = open_client(tracking_uri)
+    tag_run(client, run_id, {TAG_FAILURE: reason[:5000]})
     client.set_terminated(run_id, status=KILLED)
 
 
@@ -33,12 +33,12 @@ def find_running(tracking_uri: str | None = None) -> list[StaleRun]:
     """Every RUNNING run of the store, with the verdict on its writer."""
     from mlflow.entities import ViewType
 
-    client = tracking._client(tracking_uri)
+    client = open_client(tracking_uri)
     ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     if not ids:
         return []
     out = []
-    for run in tracking._search(client, f"attributes.status = '{RUNNING}'", ids):
+    for run in search_runs(client, f"attributes.status = '{RUNNING}'", ids):
         tags = dict(run.data.tags)
         reason = writer_gone(tags)
         if reason is not None:

@@ -1,7 +1,7 @@
 """Where the MLflow store lives, checked before anything is written, and its first use serialised.
 
 No mlflow import: the CLI refuses a store it cannot write (a folder that is a file, a folder it may
-not write) before a run is opened, and `tracking.py` holds `first_use_lock` while MLflow opens a
+not write) before a run is opened, and `tracking.store` holds `first_use_lock` while MLflow opens a
 SQLite store, because MLflow creates a new store's schema with migrations that two processes
 must not run at once (`duplicate column name`).
 """

@@ -42,7 +42,11 @@ from workbench.evaluation import evaluate
 from workbench.metrics import response_metrics
 from workbench.models import build_prompt, is_micro, select_device
 from workbench.objectives import aggregate, get_spec
-from workbench.names import REGIME_STATS, REGIMES, regime_key
+from workbench.names import (ENTROPY_MEAN, FAILED, FINISHED, GRAD_NORM, KILLED, KIND_TRAIN, LOGP_MISMATCH_MAX,
+                             LOGP_MISMATCH_MEAN, LOSS_POLICY, RATIO_ABS_DEV, RATIO_MAX, RATIO_MEAN, REGIME_STATS,
+                             REGIMES, REWARD_MEAN, ROLLOUT_POSITIONS_PER_S, ROLLOUT_TOKENS_PER_S, STEP_S, STOPPED,
+                             TAG_COLLAPSE, TAG_COLLAPSE_STEP, TAG_KIND, TRACKING_S, TRAIN_ACCURACY,
+                             UPDATE_TOKENS_PER_S, ZERO_ADV_GROUP_FRAC, phase_key, regime_key)
 from workbench.results import RunResult
 from workbench.rewards import RewardPool, score_answer
 from workbench.rollout import make_backend
@@ -54,7 +58,7 @@ from workbench.tasks.micro import build_task
 
 
 STEP_UPDATE_KEYS = tuple(regime_key(r, s) for r in REGIMES for s in REGIME_STATS) + (
-    "ratio/mean", "ratio/max", "ratio/abs_dev_mean", "loss/policy", "grad/norm", "entropy/mean")
+    RATIO_MEAN, RATIO_MAX, RATIO_ABS_DEV, LOSS_POLICY, GRAD_NORM, ENTROPY_MEAN)
 
 
 class NanLoss(RuntimeError):
@@ -99,7 +103,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     run.load_benchmarks()
     run.load_model()
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
-            "git_commit": tracking.git_commit(), "dispo.kind": "train", **(extra_tags or {})}
+            "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN, **(extra_tags or {})}
     params = flatten(config.model_dump(mode="python"))
     # The objective's full parameter set, defaults included, so a run reads the same after defaults change.
     resolved = dataclasses.asdict(config.objective.build_params())
@@ -120,28 +124,28 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
             status = run.loop(tracker, stop, on_eval, progress)
     except NanLoss:
         tracker.set_tags({"nan_loss": "true"})
-        tracker.finish("FAILED", "nan_loss")
-        return run.result("FAILED", "nan_loss")
+        tracker.finish(FAILED, "nan_loss")
+        return run.result(FAILED, "nan_loss")
     except KeyboardInterrupt:
-        tracker.finish("KILLED", "interrupted")
-        return run.result("KILLED", "interrupted")
+        tracker.finish(KILLED, "interrupted")
+        return run.result(KILLED, "interrupted")
     except BaseException as e:
         if not disk_full(e):
-            tracker.finish("FAILED", f"{type(e).__name__}: {e}")
+            tracker.finish(FAILED, f"{type(e).__name__}: {e}")
             raise
         # The store may be on the full disk too: end the run FAILED where it still accepts it.
         reason = f"disk full: {first_line(e)}"
         try:
-            tracker.finish("FAILED", reason)
+            tracker.finish(FAILED, reason)
         except Exception as store_error:  # noqa: BLE001 - `dispo-wb runs clean` marks it later
             reason += f" (the run could not be marked FAILED either: {first_line(store_error)})"
-        return run.result("FAILED", reason)
+        return run.result(FAILED, reason)
     finally:
         run.close()
-    if status == "KILLED":
-        tracker.finish("KILLED", "interrupted; resume with dispo-wb train --resume " + run.run_id)
+    if status == KILLED:
+        tracker.finish(KILLED, "interrupted; resume with dispo-wb train --resume " + run.run_id)
     else:
-        tracker.finish("FINISHED")
+        tracker.finish(FINISHED)
     return run.result(status)
 
 
@@ -154,7 +158,7 @@ class _Run:
         self.run_id = ""
         self.step = 0
         self.t0 = time.time()
-        self.history: dict[str, list[float]] = {"entropy/mean": [], **{k: [] for k in COLLAPSE_SIGNALS.values()}}
+        self.history: dict[str, list[float]] = {ENTROPY_MEAN: [], **{k: [] for k in COLLAPSE_SIGNALS.values()}}
         self.last_eval: dict[str, float] = {}
         self.best_eval: dict[str, float] = {}
         self.collapse: tuple[str | None, int | None] = (None, None)
@@ -230,19 +234,19 @@ class _Run:
                 if self.step % cfg.sample_every == 0 or self.step == 1:
                     tracker.log_table(samples, f"rollouts/step_{self.step:04d}.json")
                 # Its own small call: the time of the step's logging is known only once it is done.
-                tracker.log_metrics({"perf/tracking_s": time.perf_counter() - t_track}, self.step)
+                tracker.log_metrics({TRACKING_S: time.perf_counter() - t_track}, self.step)
                 stopped = self._check_collapse(tracker)
                 if self.step % cfg.eval.every == 0 or self.step == cfg.steps:
                     stopped = self._evaluate(tracker, on_eval) or stopped
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set or stopped:
-                    checkpoint.save(self._state(), self.run_id, self.ckpt_root)
+                    checkpoint.save(self._state(), self.run_id, self.ckpt_root, config_yaml=dump_yaml(cfg))
                 bar(self.step, metrics, self.last_eval)
                 if stopped:
                     tracker.set_tags({"stopped_early": "true"})
-                    return "STOPPED"
+                    return STOPPED
                 if stop.set:
-                    return "KILLED"
-        return "FINISHED"
+                    return KILLED
+        return FINISHED
 
     def train_step(self) -> tuple[dict[str, float], list[dict]]:
         cfg = self.cfg
@@ -287,15 +291,15 @@ class _Run:
             **update_metrics,
             **response_metrics(ro.response_ids, correct.tolist(), ro.finish_reasons),
             **scored.metrics(),
-            "reward/mean": rewards.mean().item(),
-            "train/accuracy": correct.float().mean().item(),
-            "batch/zero_adv_group_frac": zero_groups.float().mean().item(),
-            "perf/rollout_tokens_per_s": lengths.sum().item() / max(roll_s, 1e-9),
+            REWARD_MEAN: rewards.mean().item(),
+            TRAIN_ACCURACY: correct.float().mean().item(),
+            ZERO_ADV_GROUP_FRAC: zero_groups.float().mean().item(),
+            ROLLOUT_TOKENS_PER_S: lengths.sum().item() / max(roll_s, 1e-9),
             # Positions decoded, finished sequences and padding included: B x longest response.
-            "perf/rollout_positions_per_s": len(lengths) * int(lengths.max()) / max(roll_s, 1e-9),
-            **{f"perf/{k}_s": v for k, v in clock.laps.items()},
+            ROLLOUT_POSITIONS_PER_S: len(lengths) * int(lengths.max()) / max(roll_s, 1e-9),
+            **{phase_key(k): v for k, v in clock.laps.items()},
             **_update_throughput(batch, keep, cfg.epochs, update_s),
-            "perf/step_s": time.time() - t_start,
+            STEP_S: time.time() - t_start,
         }
         if ro.sampling_logp is not None:
             metrics.update(_logp_mismatch(ro.sampling_logp, old_logp, batch.mask))
@@ -311,7 +315,7 @@ class _Run:
         counts: dict[str, int] = {}
         maxes: dict[str, float] = {}
         if len(keep) == 0:  # every group all-equal under dynamic sampling: nothing to learn from
-            return {"loss/policy": 0.0, "grad/norm": 0.0, "entropy/mean": math.nan}
+            return {LOSS_POLICY: 0.0, GRAD_NORM: 0.0, ENTROPY_MEAN: math.nan}
         def record(m: dict[str, float]) -> None:
             for k, v in m.items():
                 if math.isnan(v):  # a regime absent from a minibatch has no mean there
@@ -337,14 +341,14 @@ class _Run:
                         raise NanLoss(f"loss is {loss.item()} at step {self.step + 1}")
                     loss.backward()
                     total += loss.item()
-                    m["entropy/mean"] = ((ent * mb.mask).sum() / mb.mask.sum().clamp(min=1)).item()
+                    m[ENTROPY_MEAN] = ((ent * mb.mask).sum() / mb.mask.sum().clamp(min=1)).item()
                     record(m)
                 gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.opt.step()
                 self.updates += 1
                 if self.snapshots is not None:
                     self.snapshots.record(self.updates, self.policy)
-                record({"loss/policy": total, "grad/norm": gnorm.item()})
+                record({LOSS_POLICY: total, GRAD_NORM: gnorm.item()})
         return {**{k: sums[k] / counts[k] for k in sums}, **maxes}
 
     def _micro_batches(self, batch, idx: torch.Tensor):
@@ -398,7 +402,7 @@ class _Run:
         if verdict.kind is None:
             return False
         self.collapse = (verdict.kind, verdict.onset_step)
-        tracker.set_tags({"collapse": verdict.kind, "collapse_step": str(verdict.onset_step)})
+        tracker.set_tags({TAG_COLLAPSE: verdict.kind, TAG_COLLAPSE_STEP: str(verdict.onset_step)})
         return self.cfg.collapse.stop
 
     def _state(self) -> dict:
@@ -433,7 +437,7 @@ class _Run:
         self.t0 = time.time() - s["elapsed"]
 
     def result(self, status: str, reason: str | None = None) -> RunResult:
-        ent = [e for e in self.history["entropy/mean"] if not math.isnan(e)]
+        ent = [e for e in self.history[ENTROPY_MEAN] if not math.isnan(e)]
         return RunResult(run_id=self.run_id, status=status, steps_done=self.step, wall_s=time.time() - self.t0,
                          final_eval=dict(self.last_eval), best_eval=dict(self.best_eval), collapse=self.collapse[0],
                          collapse_step=self.collapse[1], entropy_first=fmean(ent[:5]) if ent else math.nan,
@@ -457,7 +461,7 @@ class _PhaseClock:
 
 def _update_throughput(batch, keep: torch.Tensor, epochs: int, update_s: float) -> dict[str, float]:
     """Response tokens (padding not counted) through forward, backward and optimizer per second."""
-    return {"perf/update_tokens_per_s": batch.mask[keep].sum().item() * epochs / max(update_s, 1e-9)}
+    return {UPDATE_TOKENS_PER_S: batch.mask[keep].sum().item() * epochs / max(update_s, 1e-9)}
 
 
 def _fast_adamw(device: torch.device) -> dict[str, bool]:
@@ -474,8 +478,8 @@ def _logp_mismatch(sampling_logp: list[list[float]], old_logp: torch.Tensor, mas
     T = mask.shape[1]
     s = torch.tensor([row[:T] + [0.0] * (T - len(row[:T])) for row in sampling_logp], device=old_logp.device)
     diff = (s - old_logp).abs() * mask
-    return {"rollout/logp_mismatch_mean": (diff.sum() / mask.sum().clamp(min=1)).item(),
-            "rollout/logp_mismatch_max": diff.max().item()}
+    return {LOGP_MISMATCH_MEAN: (diff.sum() / mask.sum().clamp(min=1)).item(),
+            LOGP_MISMATCH_MAX: diff.max().item()}
 
 
 class _progress:
@@ -496,8 +500,8 @@ class _progress:
 
         def update(step, m, ev):
             acc = next((v for k, v in ev.items() if k.endswith("/accuracy")), math.nan)
-            info = (f"reward {m.get('reward/mean', math.nan):.2f} train_acc {m.get('train/accuracy', math.nan):.2f} "
-                    f"eval {acc:.2f} entropy {m.get('entropy/mean', math.nan):.2f}")
+            info = (f"reward {m.get(REWARD_MEAN, math.nan):.2f} train_acc {m.get(TRAIN_ACCURACY, math.nan):.2f} "
+                    f"eval {acc:.2f} entropy {m.get(ENTROPY_MEAN, math.nan):.2f}")
             self.p.update(self.task, completed=step, info=info)
 
         return update

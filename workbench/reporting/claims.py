@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.claims import RULE, ClaimResult, ClaimSpec, judge
-from workbench.names import FINISHED, REGIMES, TAG_ARM, TAG_COLLAPSE, TAG_SEED, regime_key
+from workbench.names import ENTROPY_MEAN, FINISHED, RATIO_ABS_DEV, REGIMES, TAG_ARM, TAG_COLLAPSE, TAG_SEED, regime_key
 from workbench.reporting.runs import accuracy_key, curve, final_value
 from workbench.tracking import RunRecord
 
@@ -47,7 +47,7 @@ def run_measure(run: RunRecord, measure: str, acc_key: str | None) -> float:
     if measure == "final_accuracy":
         return final_value(run, acc_key)
     if measure == "entropy_late":
-        c = curve(run, "entropy/mean")
+        c = curve(run, ENTROPY_MEAN)
         if c is None:
             return math.nan
         late = c.values[c.steps > c.steps.max() * 2 / 3]
@@ -83,7 +83,7 @@ def arm_rows(runs: Sequence[RunRecord]) -> list[ArmRow]:
     for run in runs:
         if run.tags.get(TAG_ARM) is not None:
             by_arm.setdefault(run.tags[TAG_ARM], []).append(run)
-    return [ArmRow(arm, len(rs), _nanmean([_median_metric(r, "ratio/abs_dev_mean") for r in rs]),
+    return [ArmRow(arm, len(rs), _nanmean([_median_metric(r, RATIO_ABS_DEV) for r in rs]),
                    {g: _nanmean([_median_metric(r, regime_key(g, "clip_frac")) for r in rs]) for g in REGIMES},
                    sum(r.tags.get(TAG_COLLAPSE) not in (None, "none") for r in rs))
             for arm, rs in by_arm.items()]

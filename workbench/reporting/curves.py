@@ -18,16 +18,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.collapse import length_baseline
-from workbench.names import REGIMES, regime_key
+from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, LENGTH_CORRECT, LENGTH_INCORRECT, LENGTH_MEAN, REGIMES,
+                             REPETITION_RATE, REWARD_MEAN, TRAIN_ACCURACY, TRUNCATED_FRAC, regime_key)
 from workbench.reporting.runs import (Marker, Curve, aligned, bound_suffix, collapse_config, collapse_marker, curve,
                                       final_value, group_runs, length_cap, run_label, several_studies, varied_bounds)
 from workbench.tracking import RunRecord
 
 TOP_GROUPS = 8  # learning curves: configurations drawn at first; the rest one legend click away
-COLORS = {"entropy/mean": "#222222", "pos_up": "#2ca02c", "pos_down": "#17becf", "neg_up": "#d62728",
-          "neg_down": "#ff7f0e", "response/repetition_rate": "#9467bd", "response/length_mean": "#222222",
-          "response/length_correct": "#2ca02c", "response/length_incorrect": "#d62728",
-          "response/truncated_frac": "#8c564b"}
+COLORS = {ENTROPY_MEAN: "#222222", "pos_up": "#2ca02c", "pos_down": "#17becf", "neg_up": "#d62728",
+          "neg_down": "#ff7f0e", REPETITION_RATE: "#9467bd", LENGTH_MEAN: "#222222",
+          LENGTH_CORRECT: "#2ca02c", LENGTH_INCORRECT: "#d62728",
+          TRUNCATED_FRAC: "#8c564b"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
@@ -80,7 +81,7 @@ def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], defaul
 
 def _get_exploration_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
     rows = (
-        Row("token entropy", ("entropy/mean", *(regime_key(g, "entropy") for g in REGIMES)), ("all tokens", *REGIMES),
+        Row("token entropy", (ENTROPY_MEAN, *(regime_key(g, "entropy") for g in REGIMES)), ("all tokens", *REGIMES),
             "entropy (nats)"),
         Row("clip fraction", tuple(regime_key(g, "clip_frac") for g in REGIMES), REGIMES, "share clipped", True),
         Row("token share", tuple(regime_key(g, "token_frac") for g in REGIMES), REGIMES, "share of tokens", True),
@@ -95,15 +96,15 @@ def _best_index(runs: Sequence[RunRecord], acc_key: str | None) -> int:
 
 def _get_collapse_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
     rows = (
-        Row("repetition rate", ("response/repetition_rate",), ("repetition rate",), "repeated n-gram share", True),
-        Row("response length", ("response/length_mean", "response/length_correct", "response/length_incorrect"),
+        Row("repetition rate", (REPETITION_RATE,), ("repetition rate",), "repeated n-gram share", True),
+        Row("response length", (LENGTH_MEAN, LENGTH_CORRECT, LENGTH_INCORRECT),
             ("all", "correct", "incorrect"), "tokens"),
-        Row("truncated share", ("response/truncated_frac",), ("truncated",), "share of responses", True),
+        Row("truncated share", (TRUNCATED_FRAC,), ("truncated",), "share of responses", True),
     )
 
     def guides(run: RunRecord) -> tuple[Guide, ...]:
         cfg = collapse_config(run)
-        _, (length,) = aligned(run, ("response/length_mean",))
+        _, (length,) = aligned(run, (LENGTH_MEAN,))
         base = length_baseline(length.tolist())
         out = [Guide(0, cfg.repetition_threshold, f"collapse limit {cfg.repetition_threshold:.3g}"),
                Guide(2, cfg.truncation_threshold, f"collapse limit {cfg.truncation_threshold:.3g}")]
@@ -236,11 +237,11 @@ def _with_se(band: Band, runs: Sequence[RunRecord], key: str) -> Band:
 def _get_learning_info(runs: Sequence[RunRecord], acc_key: str | None) -> LearningInfo:
     present = {k for r in runs for k in r.metrics}
     evals = sorted(k for k in present if re.fullmatch(r"eval/[a-z0-9_.]+/(accuracy|pass_at_\d+)", k))
-    wanted = ("reward/mean", "train/accuracy")
+    wanted = (REWARD_MEAN, TRAIN_ACCURACY)
     keys = tuple(k for k in wanted if k in present) + tuple(evals)
-    missing = tuple(k for k in wanted if k not in present) + (() if evals else ("eval/<benchmark>/accuracy",))
-    if "reward/mean" in keys and "train/accuracy" in keys and _same_series(runs, "reward/mean", "train/accuracy"):
-        keys = tuple(k for k in keys if k != "reward/mean")  # 0/1 rewards, no shaping: one panel, not two
+    missing = tuple(k for k in wanted if k not in present) + (() if evals else (f"{EVAL_PREFIX}<benchmark>/accuracy",))
+    if REWARD_MEAN in keys and TRAIN_ACCURACY in keys and _same_series(runs, REWARD_MEAN, TRAIN_ACCURACY):
+        keys = tuple(k for k in keys if k != REWARD_MEAN)  # 0/1 rewards, no shaping: one panel, not two
     groups = []
     for g in group_runs(runs):
         curves = {k: _with_se(b, g.runs, k) for k in keys if (b := _band(g.runs, k)) is not None}
@@ -268,7 +269,7 @@ def _build_learning(info: LearningInfo) -> go.Figure:
             b = g.curves.get(key)
             if b is None:
                 continue
-            mode = "lines+markers" if key.startswith("eval/") else "lines"
+            mode = "lines+markers" if key.startswith(EVAL_PREFIX) else "lines"
             for col, x in ((1, b.steps.astype(np.int32)), (2, b.minutes.astype(np.float32))):
                 if len(g.run_ids) > 1 or np.any(b.hi > b.lo):
                     ok = ~np.isnan(b.lo)
@@ -302,7 +303,7 @@ def _same_series(runs: Sequence[RunRecord], a: str, b: str) -> bool:
     return True
 
 
-_TITLES = {"reward/mean": "mean reward", "train/accuracy": "train accuracy"}
+_TITLES = {REWARD_MEAN: "mean reward", TRAIN_ACCURACY: "train accuracy"}
 
 
 def axis_title(key: str) -> str:
@@ -316,4 +317,4 @@ def axis_title(key: str) -> str:
 
 
 def _is_share(key: str) -> bool:
-    return key == "train/accuracy" or bool(re.fullmatch(r"eval/[a-z0-9_.]+/(accuracy|pass_at_\d+)", key))
+    return key == TRAIN_ACCURACY or bool(re.fullmatch(r"eval/[a-z0-9_.]+/(accuracy|pass_at_\d+)", key))

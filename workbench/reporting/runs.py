@@ -15,6 +15,7 @@ import numpy as np
 
 from workbench.collapse import SIGNALS, Criterion, assess, verdict
 from workbench.config import CollapseConfig
+from workbench.names import TAG_COLLAPSE, TAG_COLLAPSE_STEP, TAG_SEED, TAG_STUDY, TAG_TRIAL, TRAIN_ACCURACY
 from workbench.study import BOUNDS
 from workbench.tracking import RunRecord
 
@@ -67,7 +68,7 @@ def accuracy_key(runs: Sequence[RunRecord]) -> str | None:
                 counts[k] = counts.get(k, 0) + 1
     if counts:
         return max(sorted(counts), key=counts.get)
-    return "train/accuracy" if any("train/accuracy" in r.metrics for r in runs) else None
+    return TRAIN_ACCURACY if any(TRAIN_ACCURACY in r.metrics for r in runs) else None
 
 
 def _float(text: str | None) -> float:
@@ -135,7 +136,7 @@ def collapse_criteria(run: RunRecord) -> tuple[Criterion, ...]:
 
 def collapse_marker(run: RunRecord) -> Marker | None:
     """The run's `collapse` tag when the trainer set one, else detection on its stored series."""
-    kind, step = run.tags.get("collapse"), run.tags.get("collapse_step")
+    kind, step = run.tags.get(TAG_COLLAPSE), run.tags.get(TAG_COLLAPSE_STEP)
     if kind and kind != "none" and step and step.lstrip("-").isdigit():
         return Marker(kind, int(step), "run tag")
     found = verdict(collapse_criteria(run))
@@ -151,15 +152,15 @@ def run_wall_s(run: RunRecord) -> float:
 
 def run_label(run: RunRecord, with_study: bool = False) -> str:
     """"trial 3 seed 1" for a sweep's run (prefixed by its study when runs of several are shown), else its name."""
-    trial, seed = run.tags.get("dispo.trial"), run.tags.get("dispo.seed") or run.params.get("seed")
+    trial, seed = run.tags.get(TAG_TRIAL), run.tags.get(TAG_SEED) or run.params.get("seed")
     if trial is None:
         return run.name
-    study = f"{run.tags.get('dispo.study', '?')} " if with_study else ""
+    study = f"{run.tags.get(TAG_STUDY, '?')} " if with_study else ""
     return f"{study}trial {trial}" + (f" seed {seed}" if seed is not None else "")
 
 
 def several_studies(runs: Sequence[RunRecord]) -> bool:
-    return len({r.tags["dispo.study"] for r in runs if "dispo.study" in r.tags}) > 1
+    return len({r.tags[TAG_STUDY] for r in runs if TAG_STUDY in r.tags}) > 1
 
 
 class Group(NamedTuple):
@@ -174,8 +175,8 @@ def group_runs(runs: Sequence[RunRecord]) -> list[Group]:
     """Seeds of one configuration together: a sweep trial's runs, or runs whose params differ only in seed."""
     groups: dict[tuple, list[RunRecord]] = {}
     for r in runs:
-        if "dispo.trial" in r.tags:
-            key: tuple = ("trial", r.tags.get("dispo.study"), r.tags["dispo.trial"])
+        if TAG_TRIAL in r.tags:
+            key: tuple = ("trial", r.tags.get(TAG_STUDY), r.tags[TAG_TRIAL])
         else:
             key = ("params", tuple(sorted((k, v) for k, v in r.params.items() if k not in _NOT_CONFIG)))
         groups.setdefault(key, []).append(r)

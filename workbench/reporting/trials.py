@@ -18,7 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.names import REGIMES
+from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, LENGTH_MEAN, REGIMES, REPETITION_RATE, TAG_TRIAL,
+                             TRUNCATED_FRAC, regime_key)
 from workbench.reporting.curves import PALETTE, Band, _band, _rgba, _with_se, axis_title
 from workbench.reporting.runs import (bound_suffix, final_value, group_runs, run_label, several_studies,
                                       varied_bounds)
@@ -35,11 +36,11 @@ class Panel(NamedTuple):
 
 
 PANELS = (
-    Panel("entropy/mean", "token entropy", "nats", False),
-    *(Panel(f"regime/{g}/clip_frac", f"clip fraction {g}", "share clipped", True) for g in REGIMES),
-    Panel("response/length_mean", "response length", "tokens", False),
-    Panel("response/repetition_rate", "repetition rate", "repeated n-gram share", True),
-    Panel("response/truncated_frac", "truncated share", "share of responses", True),
+    Panel(ENTROPY_MEAN, "token entropy", "nats", False),
+    *(Panel(regime_key(g, "clip_frac"), f"clip fraction {g}", "share clipped", True) for g in REGIMES),
+    Panel(LENGTH_MEAN, "response length", "tokens", False),
+    Panel(REPETITION_RATE, "repetition rate", "repeated n-gram share", True),
+    Panel(TRUNCATED_FRAC, "truncated share", "share of responses", True),
 )
 
 
@@ -63,7 +64,7 @@ def _get_trials_info(runs: Sequence[RunRecord], acc_key: str | None) -> TrialsIn
     lines, with_study = [], several_studies(runs)
     for g in group_runs(runs):
         head = g.runs[0]
-        which = run_label(head, with_study).split(" seed ")[0] if "dispo.trial" in head.tags else head.name
+        which = run_label(head, with_study).split(" seed ")[0] if TAG_TRIAL in head.tags else head.name
         seeds = f", {len(g.runs)} seeds" if len(g.runs) > 1 else ""
         bounds = bound_suffix(head, varied).removeprefix(": ")
         label = f"{bounds} ({which}{seeds})" if bounds else f"{which}{seeds}"
@@ -98,7 +99,7 @@ def _build_trials(info: TrialsInfo) -> go.Figure:
                                          fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0},
                                          hoverinfo="skip", legendgroup=line.label, showlegend=False, visible=visible),
                               row=r, col=c)
-            mode = "lines+markers" if (p.key.startswith("eval/") or np.isnan(b.mean).any()) else "lines"
+            mode = "lines+markers" if (p.key.startswith(EVAL_PREFIX) or np.isnan(b.mean).any()) else "lines"
             fig.add_trace(go.Scatter(x=x, y=b.mean.astype(np.float32), mode=mode, name=line.label, connectgaps=False,
                                      line={"color": color, "width": 1.5}, marker={"size": 4}, legendgroup=line.label,
                                      showlegend=first, visible=visible), row=r, col=c)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from workbench.config import RunConfig, dump_yaml, flatten
+from workbench.names import FAILED, FINISHED, KILLED, KIND_TRAIN, TAG_COLLAPSE, TAG_COLLAPSE_STEP, TAG_KIND
 from workbench.errors import UserError, first_line
 
 TESTED_TRL = ("1.16.",)  # release prefixes whose `GRPOTrainer._compute_loss` this adapter was tested against
@@ -71,7 +72,7 @@ def open_run(cfg: RunConfig, uri: str | None):
     from workbench import tracking
 
     tags = {"engine": "trl", "trl.version": check_trl(), "objective": cfg.objective.name, "task": cfg.task.name,
-            "model": cfg.model.name, "git_commit": tracking.git_commit(), "dispo.kind": "train"}
+            "model": cfg.model.name, "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN}
     return tracking.RunTracker(experiment=cfg.experiment, run_name=cfg.resolved_run_name(), tracking_uri=uri,
                                params=run_params(cfg), tags=tags, artifacts={"config.yaml": dump_yaml(cfg)})
 
@@ -131,14 +132,14 @@ def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_n
     try:
         rc = subprocess.run(cmd, env=env).returncode
     except KeyboardInterrupt:
-        tracker.finish("KILLED", "interrupted")
+        tracker.finish(KILLED, "interrupted")
         return 130
     tracker.set_tags({"trl.exit_code": rc, "trl.wall_s": round(time.time() - t0, 1)})
     _tag_collapse(tracker, cfg, uri)
     if rc != 0:
-        tracker.finish("FAILED", f"torchrun exited with {rc}")
+        tracker.finish(FAILED, f"torchrun exited with {rc}")
         return 1
-    tracker.finish("FINISHED")
+    tracker.finish(FINISHED)
     return 0
 
 
@@ -156,7 +157,7 @@ def _tag_collapse(tracker, cfg: RunConfig, uri: str) -> None:
     verdict = detect_collapse(steps, {k: [by_key.get(k, {}).get(s, nan) for s in steps] for k in SIGNALS.values()},
                               cfg.collapse)
     if verdict.kind:
-        tracker.set_tags({"collapse": verdict.kind, "collapse_step": verdict.onset_step})
+        tracker.set_tags({TAG_COLLAPSE: verdict.kind, TAG_COLLAPSE_STEP: verdict.onset_step})
 
 
 __all__ = ["launch", "check_trl", "command", "TESTED_TRL"]

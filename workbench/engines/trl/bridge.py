@@ -15,16 +15,17 @@ import time
 from transformers import TrainerCallback
 
 from workbench import tracking
+from workbench.names import GRAD_NORM, LENGTH_MEAN, REWARD_MEAN, STEP_S, TRUNCATED_FRAC, ZERO_ADV_GROUP_FRAC
 
 # TRL key -> our key; our own keys (regime/..., ratio/..., loss/policy, entropy/mean, response/...,
 # train/accuracy, eval/...) pass through; every other TRL key is kept as trl/<key>. TRL's `entropy`
 # comes only from its own loss, which our trainer replaces; ours is `entropy/mean` over all ranks.
 TRL_KEYS = {
-    "reward": "reward/mean",
-    "completions/mean_length": "response/length_mean",
-    "completions/clipped_ratio": "response/truncated_frac",
-    "frac_reward_zero_std": "batch/zero_adv_group_frac",
-    "grad_norm": "grad/norm",
+    "reward": REWARD_MEAN,
+    "completions/mean_length": LENGTH_MEAN,
+    "completions/clipped_ratio": TRUNCATED_FRAC,
+    "frac_reward_zero_std": ZERO_ADV_GROUP_FRAC,
+    "grad_norm": GRAD_NORM,
 }
 OWN_PREFIXES = ("regime/", "ratio/", "loss/", "entropy/", "response/", "train/", "reward/", "eval/")
 
@@ -77,6 +78,6 @@ class MlflowBridge(TrainerCallback):
         now = time.time()
         metrics = {k: v for k, v in map_logs(logs).items() if not math.isinf(v)}
         if "train_runtime" not in logs:  # the closing summary is not a step
-            metrics["perf/step_s"] = (now - self._last) / max(args.logging_steps // self.updates, 1)
+            metrics[STEP_S] = (now - self._last) / max(args.logging_steps // self.updates, 1)
         self._last = now
         self.tracker.log_metrics(metrics, step=math.ceil(state.global_step / self.updates))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from workbench.names import FAILED, FINISHED, REGIME_PREFIX
+
 CHECK_CONFIG = {
     "engine": "trl", "experiment": "trl-check", "steps": 2, "updates_per_rollout": 2, "rollout_lag": 0, "lr": 0.02, "threads": 1,
     "model": {"name": "micro-0.5m", "device": "cpu"}, "sft": {"enabled": False},
@@ -58,7 +60,7 @@ def _recording_trainer():
             self.records.append({
                 "logp": logp.detach().cpu(), "old_logp": old_logp.detach().cpu(), "adv": adv.detach().cpu(),
                 "mask": mask.detach().cpu(), "entropy": entropy.detach().cpu(), "loss": loss.item(),
-                "metrics": {k: v[-1] for k, v in self._metrics[mode].items() if k.startswith(("regime/", "ratio/"))},
+                "metrics": {k: v[-1] for k, v in self._metrics[mode].items() if k.startswith((REGIME_PREFIX, "ratio/"))},
             })
             return loss
 
@@ -126,7 +128,7 @@ def analyse(out: Path, nproc: int, cfg, run_id: str, uri: str) -> dict:
         "max_loss_diff": loss_diff,
         "max_all_rank_metric_diff": metric_diff,
         "max_gap_to_rank0_only": rank0_gap,  # > 0: rank 0's own tokens alone would have given other values
-        "regime_metric_keys": [k for k in keys if k.startswith("regime/")],
+        "regime_metric_keys": [k for k in keys if k.startswith(REGIME_PREFIX)],
         "metric_keys": keys,
     }
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(shlex.join(cmd), flush=True)
         env = {**os.environ, "MLFLOW_RUN_ID": tracker.run_id, "MLFLOW_TRACKING_URI": uri}
         rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
-        tracker.finish("FINISHED" if rc == 0 else "FAILED")
+        tracker.finish(FINISHED if rc == 0 else FAILED)
         if rc != 0:
             print(f"error: the {a.nproc} processes exited with {rc}", file=sys.stderr)
             return 1

@@ -13,6 +13,8 @@ from typing import Any
 
 from workbench.config import RunConfig
 from workbench.metrics import repetition_rate
+from workbench.names import (LENGTH_CORRECT, LENGTH_INCORRECT, REPETITION_RATE, REWARD_CRASH_FRAC, REWARD_TIMEOUT_FRAC,
+                             TRAIN_ACCURACY)
 from workbench.models import INSTRUCTION, is_micro
 from workbench.rewards import RewardPool, score_answer
 from workbench.tasks.micro import build_task
@@ -77,13 +79,13 @@ class MathReward:
         result = self._scorer().score(texts, list(answer))
         if log_metric is not None:
             for reward, ids, timed_out, crashed in zip(result.rewards, completion_ids, result.timed_out, result.crashed):
-                log_metric("train/accuracy", float(reward == 1.0))
-                log_metric("response/length_correct" if reward == 1.0 else "response/length_incorrect", float(len(ids)))
+                log_metric(TRAIN_ACCURACY, float(reward == 1.0))
+                log_metric(LENGTH_CORRECT if reward == 1.0 else LENGTH_INCORRECT, float(len(ids)))
                 rep = repetition_rate(list(ids))
                 if rep is not None:
-                    log_metric("response/repetition_rate", rep)
-                log_metric("reward/timeout_frac", float(timed_out))
-                log_metric("reward/crash_frac", float(crashed))
+                    log_metric(REPETITION_RATE, rep)
+                log_metric(REWARD_TIMEOUT_FRAC, float(timed_out))
+                log_metric(REWARD_CRASH_FRAC, float(crashed))
         return list(result.rewards)
 
 

@@ -28,6 +28,7 @@ import torch
 from trl import GRPOTrainer
 
 from workbench.engines.trl.settings import computes_old_logps
+from workbench.names import ENTROPY_MEAN, LOSS_POLICY
 from workbench.objectives import aggregate, get_spec
 
 
@@ -97,8 +98,8 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         """Regime metrics, `loss/policy` and `entropy/mean` of the micro-batch over the tokens of every rank."""
         g = [self._gather(t) for t in (logp, old_logp, adv, mask.to(logp.dtype), entropy)]
         per_token, metrics = self.wb_spec.fn(g[0], g[1], g[2], g[3], self.wb_params, entropy=g[4])
-        metrics["loss/policy"] = aggregate(per_token, g[3], self.wb_aggregation).item()
-        metrics["entropy/mean"] = ((g[4] * g[3]).sum() / g[3].sum().clamp_min(1)).item()  # TRL's key, gone with its loss
+        metrics[LOSS_POLICY] = aggregate(per_token, g[3], self.wb_aggregation).item()
+        metrics[ENTROPY_MEAN] = ((g[4] * g[3]).sum() / g[3].sum().clamp_min(1)).item()  # TRL's key, gone with its loss
         return metrics
 
     def _record_metrics(self, logp, old_logp, adv, mask, entropy) -> None:

@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import re
 
+from workbench.names import (ENTROPY_MEAN, GRAD_NORM, LENGTH_MEAN, LOSS_POLICY, REWARD_MEAN, STEP_S, TRAIN_ACCURACY,
+                             TRUNCATED_FRAC, eval_key, pass_at)
 from workbench.regime_sums import metrics_from_sums
 
 METRIC_PREFIX = "actor/wb/"  # what the wb_* losses prefix their sums with
 
 PLAIN = {
-    "actor/pg_loss": ("loss/policy",),
-    "actor/grad_norm": ("grad/norm",),
-    "actor/entropy": ("entropy/mean",),
-    "critic/score/mean": ("reward/mean", "train/accuracy"),
-    "response_length/mean": ("response/length_mean",),
-    "response_length/clip_ratio": ("response/truncated_frac",),
-    "timing_s/step": ("perf/step_s",),
+    "actor/pg_loss": (LOSS_POLICY,),
+    "actor/grad_norm": (GRAD_NORM,),
+    "actor/entropy": (ENTROPY_MEAN,),
+    "critic/score/mean": (REWARD_MEAN, TRAIN_ACCURACY),
+    "response_length/mean": (LENGTH_MEAN,),
+    "response_length/clip_ratio": (TRUNCATED_FRAC,),
+    "timing_s/step": (STEP_S,),
 }
 _EVAL = re.compile(r"^val-core/(?P<bench>[^/]+)/reward/(?:mean(?:@|_at_)(?P<k>\d+)|best(?:@|_at_)(?P<kb>\d+)/mean)$")
 
@@ -54,7 +56,7 @@ def translate_step(verl_metrics: dict[str, float]) -> dict[str, float]:
         m = _EVAL.match(key)
         if m:
             bench = _metric_name(m["bench"])
-            out[f"eval/{bench}/accuracy" if m["k"] else f"eval/{bench}/pass_at_{m['kb']}"] = float(value)
+            out[eval_key(bench, "accuracy" if m["k"] else pass_at(int(m["kb"])))] = float(value)
     return out
 
 

@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError
+from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, FAILED, FINISHED, KILLED, KIND_TRAIN, STOPPED, TAG_COLLAPSE,
+                             TAG_COLLAPSE_STEP, TAG_KIND)
 from workbench.results import RunResult
 
 LOSS_AGG = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
@@ -189,7 +191,7 @@ def launch(cfg: RunConfig, *, tracking_uri: str | None = None, dry_run: bool = F
     echo(f"run {result.run_id}: {result.status} after {result.steps_done} steps in {result.wall_s:.0f}s; {ev}")
     if result.collapse:
         echo(f"collapse: {result.collapse} from step {result.collapse_step}")
-    if result.status == "FAILED":
+    if result.status == FAILED:
         echo(f"error: run failed: {result.reason}")
         return 1
     return 0
@@ -207,7 +209,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     overrides, _where = prepare(config)
     cmd = verl_command(overrides, engine_args)
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
-            "engine": "verl", "git_commit": tracking.git_commit(), "dispo.kind": "train",
+            "engine": "verl", "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN,
             "verl.rollout_lag_ignored": str(config.rollout_lag), **(extra_tags or {})}
     tracker = tracking.RunTracker(experiment=config.experiment, run_name=config.resolved_run_name(),
                                   tracking_uri=tracking_uri, params=flatten(config.model_dump(mode="python")),
@@ -219,24 +221,24 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     follower = _Follower(config, tracker.run_id, tracking_uri, on_eval)
-    status, reason = "FINISHED", None
+    status, reason = FINISHED, None
     try:
         while proc.poll() is None:
             try:
                 proc.wait(timeout=POLL_S)
             except subprocess.TimeoutExpired:
                 if follower.poll():
-                    status = "STOPPED"
+                    status = STOPPED
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait()
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
-        status, reason = "KILLED", "interrupted"
-    if proc.returncode and status == "FINISHED":
-        status, reason = "FAILED", f"verl exited with code {proc.returncode}"
+        status, reason = KILLED, "interrupted"
+    if proc.returncode and status == FINISHED:
+        status, reason = FAILED, f"verl exited with code {proc.returncode}"
     follower.poll()
-    tracker.finish(status="FINISHED" if status == "STOPPED" else status, reason=reason)
+    tracker.finish(status=FINISHED if status == STOPPED else status, reason=reason)
     return follower.result(status, time.monotonic() - start, reason)
 
 
@@ -271,7 +273,7 @@ class _Follower:
         for step in sorted(set(by_step) - self.logged):
             tracking.log_run_metrics(self.run_id, by_step[step], step, self.uri)
             self.logged.add(step)
-            evals = {k: v for k, v in by_step[step].items() if k.startswith("eval/")}
+            evals = {k: v for k, v in by_step[step].items() if k.startswith(EVAL_PREFIX)}
             if evals and self.on_eval is not None and self.on_eval(step, evals):
                 stop = True
         if self.collapse[0] is None:
@@ -280,16 +282,16 @@ class _Follower:
                                       self.cfg.collapse)
             if verdict.kind:
                 self.collapse = (verdict.kind, verdict.onset_step)
-                tracking.set_run_tags(self.run_id, {"collapse": verdict.kind, "collapse_step": str(verdict.onset_step)},
+                tracking.set_run_tags(self.run_id, {TAG_COLLAPSE: verdict.kind, TAG_COLLAPSE_STEP: str(verdict.onset_step)},
                                       self.uri)
                 stop = stop or self.cfg.collapse.stop
         return stop
 
     def result(self, status: str, wall_s: float, reason: str | None) -> RunResult:
-        final = {k: s[-1][1] for k, s in self.ours.items() if k.startswith("eval/") and s}
-        best = {k: max(v for _, v in s) for k, s in self.ours.items() if k.startswith("eval/") and s}
+        final = {k: s[-1][1] for k, s in self.ours.items() if k.startswith(EVAL_PREFIX) and s}
+        best = {k: max(v for _, v in s) for k, s in self.ours.items() if k.startswith(EVAL_PREFIX) and s}
         steps = max((s[-1][0] for s in self.ours.values() if s), default=0)
-        ent = [v for _, v in self.ours.get("entropy/mean", [])]
+        ent = [v for _, v in self.ours.get(ENTROPY_MEAN, [])]
         return RunResult(run_id=self.run_id, status=status, steps_done=steps, wall_s=wall_s, final_eval=final,
                          best_eval=best, collapse=self.collapse[0], collapse_step=self.collapse[1],
                          entropy_first=sum(ent[:5]) / len(ent[:5]) if ent else math.nan,
