@@ -52,7 +52,7 @@ demo: $(VENV)/.installed-core
 	$(VENV)/bin/dispo-wb sweep status studies/demo.yaml
 	$(VENV)/bin/dispo-wb report demo --no-png
 	@echo "look first: reports/demo/index.html, the summary (collapse criteria per run: eps_neg_down 0.01 crashes, off does not),"
-	@echo "  then 'Trials side by side' (entropy falls and repetition rises only for the tight bound)"
+	@echo "  then 'Trials side by side' (the neg_down clip fraction, repetition and truncation rise only for the tight bound)"
 	@echo "  open the report:  python3 -m webbrowser reports/demo/index.html"
 	@echo "  open MLflow:      $(VENV)/bin/dispo-wb ui    # then http://127.0.0.1:5000, experiment dispo-wb-demo"
 
