@@ -4,7 +4,9 @@
 
 TARGET defaults to the demo study (`make demo` logs it to sqlite:///mlflow.db). Writes
 `report.png` (the top of index.html: summary and collapse criteria) and one PNG per figure
-kind in `--out`, each cropped to the figure's own height. Needs `chromium` on PATH.
+kind in `--out`, each cropped to the figure's own height. Needs `chromium` on PATH. Where Pillow
+is installed, each PNG is reduced to a 256-colour palette (flat plotly colours survive it; a
+screenshot shrinks to about a third), so the README's images stay a few hundred KB in all.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ def shoot(chrome: str, page: Path, png: Path, height: int, profile: Path) -> Non
                     f"--screenshot={png}", page.as_uri()], check=True, capture_output=True, timeout=120)
 
 
+def shrink(png: Path) -> None:
+    """Re-save `png` with a 256-colour palette; left as is without Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(png) as img:
+        small = img.convert("RGB").quantize(colors=256)
+    small.save(png, optimize=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("target", nargs="?", default="demo")
@@ -50,6 +63,7 @@ def main() -> int:
             if page.exists():
                 shoot(chrome, page, args.out / f"{name}.png", height, Path(tmp) / f"profile-{name}")
     for png in sorted(args.out.glob("*.png")):
+        shrink(png)
         print(f"{png} {png.stat().st_size // 1024} KiB")
     return 0
 
