@@ -13,7 +13,8 @@ accuracy, gain, late entropy (mean `entropy/mean` over the last third of the ste
 exploration measure) with their standard deviations; the held-out noise floor (the root mean
 square of the final evaluation's standard error over problems: the spread two evaluations of
 one model would show); and how much of the final accuracy's variance the warm start explains
-(R^2 of final on start accuracy over the seeds; 0 when every seed starts from one warm start).
+(R^2 of final on start accuracy over the seeds; 0 when every seed starts from one warm start,
+`sft.seed`, whose start accuracies then differ by evaluation noise only).
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def budget(runs: list, acc_key: str) -> dict[str, float]:
     ses = np.array([final_value(r, se_key) for r in runs])
     sd = lambda x: float(np.std(x[~np.isnan(x)], ddof=1)) if (~np.isnan(x)).sum() > 1 else math.nan  # noqa: E731
     r2 = math.nan
-    if np.ptp(start) > 0 and np.ptp(final) > 0:
+    shared = {r.params.get("sft.seed") for r in runs}
+    if len(shared) == 1 and shared.pop() not in (None, "None"):
+        r2 = 0.0  # one warm start (`sft.seed`) for every seed: their start accuracies differ by evaluation noise only
+    elif np.ptp(start) > 0 and np.ptp(final) > 0:
         r2 = float(np.corrcoef(start, final)[0, 1] ** 2)
-    elif np.ptp(start) == 0:
-        r2 = 0.0  # one warm start for all seeds: it explains none of the spread
     return {
         "seeds": len(runs), "start_mean": float(np.nanmean(start)), "start_sd": sd(start),
         "final_mean": float(np.nanmean(final)), "final_sd": sd(final), "gain_sd": sd(final - start),
