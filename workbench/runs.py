@@ -119,6 +119,8 @@ def checkpoint_source(checkpoint: str, settings: dict[str, Any] | None = None,
 
 def _run_config_data(run_id: str, tracking_uri: str | None, path: Path) -> dict[str, Any]:
     """The `config.yaml` artifact of the run a checkpoint folder is named after."""
+    import yaml  # here, not at import: the refusal path of the CLI never needs it
+
     from workbench import tracking
 
     try:
