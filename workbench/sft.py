@@ -93,15 +93,16 @@ def sampled_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: 
 
 def cache_key(config: RunConfig) -> str:
     """Readable prefix plus a hash of everything that shapes the warm start."""
-    # The sampled check's settings shape a warm start only when it is used: greedy keys stay as they were.
-    sampled_only = set() if config.sft.check == "sampled" else {"check", "check_k", "check_temperature"}
-    if config.sft.replay_levels == 1:  # the rule warm starts were built with before the setting existed
-        sampled_only.add("replay_levels")
+    # Settings that do not shape this warm start stay out of its key, so keys from before they existed still match:
+    # the sampled check's when the check is greedy, the replay depth at its default.
+    unused = set() if config.sft.check == "sampled" else {"check", "check_k", "check_temperature"}
+    if config.sft.replay_levels == 1:
+        unused.add("replay_levels")
     shaping = {
         "task": config.task.model_dump(exclude={"source"}),  # warm starts are for chain sums only
         "model": config.model.name,
         "seed": warm_seed(config),
-        "sft": config.sft.model_dump(exclude={"cache_dir", "enabled", "seed", *sampled_only}),
+        "sft": config.sft.model_dump(exclude={"cache_dir", "enabled", "seed", *unused}),
     }
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
     return f"{Path(config.model.name).name}-s{warm_seed(config)}-{digest}"
