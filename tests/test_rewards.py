@@ -117,14 +117,19 @@ def test_pool_runs_a_configured_scorer():
 
 def test_adversarial_answers_are_bounded_and_counted():
     responses = [r"\boxed{15}", POWER_TOWER, NESTED_100K, NOISE_100K, r"\boxed{15}"]
+    opened = time.monotonic()
     with RewardPool(workers=1, timeout_s=LIMIT_S) as pool:
+        # Starting the pool (fork server, imports, one worker's warm-up) costs at least what a
+        # replacement worker does, measured now: under CI's load a warm-up took several seconds.
+        warm_up_s = max(WARM_UP_S, time.monotonic() - opened)
         start = time.monotonic()
         result = pool.score(responses, ["15"] * len(responses))
         elapsed = time.monotonic() - start
 
         # One worker meets both hangs in turn: each is tried twice, each try may use the full limit,
-        # and each of the four replacements warms up before it takes an answer.
-        assert elapsed < 4 * (LIMIT_S + WARM_UP_S) + SLACK_S
+        # and each of the four replacements warms up before it takes an answer. Unbounded, either
+        # hang runs for minutes.
+        assert elapsed < 4 * (LIMIT_S + warm_up_s) + SLACK_S, (elapsed, warm_up_s)
         assert result.timed_out == [False, True, True, False, False]
         assert result.rewards == [1.0, 0.0, 0.0, 0.0, 1.0]
         assert result.metrics() == {"reward/timeout_frac": 2 / 5, "reward/crash_frac": 0.0}

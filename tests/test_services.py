@@ -42,6 +42,20 @@ FAKE_CLI = [sys.executable, "-m", "tests.fake_cli"]  # dispo-wb whose sweeps tra
 def stack():
     with ss.running_stack() as s:
         yield s
+    for storage in _OBSERVERS.values():
+        storage.engine.dispose()
+
+
+# One storage per URL for the test's own polling: a new RDBStorage per poll keeps a pooled
+# connection open until garbage collection, and a slow worker start-up (a busy CI machine) made
+# the polling loop alone exhaust PostgreSQL's 100 connections.
+_OBSERVERS: dict[str, optuna.storages.RDBStorage] = {}
+
+
+def observer(url: str) -> optuna.storages.RDBStorage:
+    if url not in _OBSERVERS:
+        _OBSERVERS[url] = optuna.storages.RDBStorage(url)
+    return _OBSERVERS[url]
 
 
 def write_study(folder: Path, name: str, space: dict, sleep: float = 0.3, steps: int = 4) -> Path:
@@ -64,7 +78,7 @@ def start_worker(folder: Path, study: Path, storage: str, tracking_uri: str, **e
 
 def trials(stack, name: str) -> list[optuna.trial.FrozenTrial]:
     os.environ["PGPASSFILE"] = str(stack.pgpass.resolve())
-    return optuna.load_study(study_name=name, storage=stack.storage_url).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=name, storage=observer(stack.storage_url)).get_trials(deepcopy=False)
 
 
 def test_stack_listens_on_loopback_and_keeps_its_password_in_a_private_file(stack):
@@ -143,7 +157,7 @@ def test_three_hosts_share_only_the_urls_and_a_sigkilled_worker_is_retried_witho
 
 def _study_exists(stack, name: str) -> bool:
     os.environ["PGPASSFILE"] = str(stack.pgpass.resolve())
-    return name in {s.study_name for s in optuna.get_all_study_summaries(stack.storage_url)}
+    return name in {s.study_name for s in optuna.get_all_study_summaries(observer(stack.storage_url))}
 
 
 def test_a_wrong_password_in_the_url_is_one_line_without_the_password(stack, tmp_path):
