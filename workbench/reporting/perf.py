@@ -20,11 +20,11 @@ from typing import NamedTuple
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from workbench.names import (ROLLOUT_POSITIONS_PER_S, ROLLOUT_TOKENS_PER_S, STEP_S, TRACKING_S, UPDATE_TOKENS_PER_S,
                              phase_key)
-from workbench.reporting.curves import PALETTE
 from workbench.reporting.runs import Curve, curve, run_label, several_studies
 from workbench.tracking import RunRecord
 
@@ -34,6 +34,7 @@ MAX_RUNS = 12
 PHASES = ("generate", "reward", "old_logp", "update")  # timed inside perf/step_s
 OTHER, TRACKING, UNSPLIT = "other", "tracking", "not split"
 SEGMENTS = (*PHASES, OTHER, TRACKING, UNSPLIT)
+RUN_COLORS = qualitative.Dark24  # MAX_RUNS runs without a colour repeating
 COLORS = {"generate": "#1f77b4", "reward": "#2ca02c", "old_logp": "#9467bd", "update": "#ff7f0e",
           OTHER: "#7f7f7f", TRACKING: "#e377c2", UNSPLIT: "#c7c7c7"}
 THROUGHPUT = (ROLLOUT_TOKENS_PER_S, ROLLOUT_POSITIONS_PER_S)
@@ -155,20 +156,22 @@ def _build_perf(info: PerfInfo) -> go.Figure:
                              legendgroup="phases", legendgrouptitle_text="phase (s/step)", customdata=hover,
                              hovertemplate=f"%{{y}}<br>{seg}: %{{x:.3g}} s<br>%{{customdata}}<extra></extra>"),
                       row=1, col=1)
+    titled = False
     for i, p in enumerate(info.runs):
-        color, first = PALETTE[i % len(PALETTE)], True
+        color, first = RUN_COLORS[i % len(RUN_COLORS)], True
         for key, dash, what in ((ROLLOUT_TOKENS_PER_S, "solid", "real tokens/s"),
                                 (ROLLOUT_POSITIONS_PER_S, "dot", "padded positions/s")):
             c = p.throughput.get(key)
             if c is None:
                 continue
             fig.add_trace(go.Scatter(x=c.steps, y=c.values, mode="lines", name=p.label, legendgroup=p.label,
-                                     showlegend=first, line={"color": color, "dash": dash, "width": 1.5},
+                                     showlegend=first, legendgrouptitle_text=None if titled else "run (throughput)",
+                                     line={"color": color, "dash": dash, "width": 1.5},
                                      hovertemplate=f"{p.label}<br>step %{{x}}: %{{y:.4g}} {what}<extra></extra>"),
                           row=2, col=1)
-            first = False
+            first, titled = False, True
     fig.update_layout(barmode="stack", height=bar_h + line_h + 260, title="Where the time went",
-                      legend={"orientation": "h", "y": -0.08, "font": {"size": 11}})
+                      legend={"traceorder": "grouped", "tracegroupgap": 4, "font": {"size": 11}})  # phases in stacking order
     fig.update_yaxes(autorange="reversed", row=1, col=1)  # slowest on top
     fig.update_xaxes(title_text="seconds per step (s)", row=1, col=1)
     fig.update_xaxes(title_text="training step", row=2, col=1)
