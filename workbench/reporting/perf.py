@@ -137,6 +137,15 @@ def _some(labels: Sequence[str], n: int = 4) -> str:
     return ", ".join(labels[:n]) + (f", and {len(labels) - n} more" if len(labels) > n else "")
 
 
+def _hover(p: RunPerf) -> str:
+    """A run's totals beside each of its bar segments: median s/step and update throughput, where logged."""
+    text = f"median {p.step_s:.3g} s/step" if not math.isnan(p.step_s) else "no perf/step_s"
+    text += f" over {p.steps_used} steps"
+    if not math.isnan(p.update_tokens_per_s):
+        text += f"; update {p.update_tokens_per_s:.4g} tokens/s"
+    return text
+
+
 def _build_perf(info: PerfInfo) -> go.Figure:
     n = max(len(info.runs), 1)
     bar_h, line_h = 28 * n + 60, 320
@@ -145,9 +154,7 @@ def _build_perf(info: PerfInfo) -> go.Figure:
                                         "rollout throughput per step: real response tokens/s (solid) vs padded "
                                         "positions/s decoded (dotted)"])
     labels = [p.label for p in info.runs]
-    hover = [f"median {p.step_s:.3g} s/step over {p.steps_used} steps"
-             + (f"; update {p.update_tokens_per_s:.4g} tokens/s" if not math.isnan(p.update_tokens_per_s) else "")
-             for p in info.runs]
+    hover = [_hover(p) for p in info.runs]
     for seg in SEGMENTS:
         x = [p.seconds.get(seg) for p in info.runs]
         if all(v is None for v in x):
@@ -170,8 +177,9 @@ def _build_perf(info: PerfInfo) -> go.Figure:
                                      hovertemplate=f"{p.label}<br>step %{{x}}: %{{y:.4g}} {what}<extra></extra>"),
                           row=2, col=1)
             first, titled = False, True
+    # "grouped": plotly would list stacked bars' legend entries bottom-up, against the stacking order.
     fig.update_layout(barmode="stack", height=bar_h + line_h + 260, title="Where the time went",
-                      legend={"traceorder": "grouped", "tracegroupgap": 4, "font": {"size": 11}})  # phases in stacking order
+                      legend={"traceorder": "grouped", "tracegroupgap": 4, "font": {"size": 11}})
     fig.update_yaxes(autorange="reversed", row=1, col=1)  # slowest on top
     fig.update_xaxes(title_text="seconds per step (s)", row=1, col=1)
     fig.update_xaxes(title_text="training step", row=2, col=1)
