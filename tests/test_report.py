@@ -298,7 +298,7 @@ def test_study_report_is_one_page_plus_figure_files_with_one_plotly_js(store, tm
     # One copy of plotly.js in the folder, loaded from beside the page (offline, nothing fetched).
     assert head not in page and page.count('<script src="plotly.min.js">') == 1
     assert sum(head in p.read_text() for p in index.parent.iterdir() if p.suffix in (".js", ".html")) == 1
-    names = ["exploration", "collapse", "learning", "parallel", "pair", "importance"]
+    names = ["exploration", "collapse", "learning", "perf", "parallel", "pair", "importance"]
     for name in names:
         assert f'id="fig-{name}"' in page
         assert f'id="fig-{name}"' in (index.parent / f"{name}.html").read_text()
@@ -340,7 +340,7 @@ def test_pngs_or_a_note(store, tmp_path):
     index = report.make_report("rep-run", tracking_uri=store.uri, out_dir=tmp_path, log_artifact=False)
     pngs = sorted(p.name for p in index.parent.glob("*.png"))
     if pngs:
-        assert pngs == ["collapse.png", "exploration.png", "learning.png"]
+        assert pngs == ["collapse.png", "exploration.png", "learning.png", "perf.png"]
         assert all((index.parent / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     else:
         assert "PNG images skipped" in index.read_text()

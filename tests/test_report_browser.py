@@ -27,7 +27,7 @@ CHROME = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "go
 FLAGS = ["--no-sandbox", "--headless", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
          "--virtual-time-budget=20000"]
-FIGURES = ["exploration", "collapse", "learning", "trials", "parallel", "pair", "importance", "pareto"]
+FIGURES = ["exploration", "collapse", "learning", "trials", "perf", "parallel", "pair", "importance", "pareto"]
 
 # After load: uncaught errors, and per figure what it drew and how many finite numbers its traces
 # hold (plotly's decoded `_fullData`: y, z, bar x, parallel-coordinate values), in all traces and
@@ -114,7 +114,7 @@ def rendered(request, store, tmp_path_factory):
     return request.param, index, check, stderr
 
 
-EXPECTED = {"multi": FIGURES, "dispo-wb": FIGURES[:6]}
+EXPECTED = {"multi": FIGURES, "dispo-wb": FIGURES[:7]}
 
 
 def test_the_page_loads_without_errors_and_has_the_expected_figures(rendered, tmp_path):

@@ -43,7 +43,7 @@ from workbench.claims import declared_claims
 from workbench.errors import UserError
 from workbench.services import port_free
 from workbench.reporting import claims as claims_report
-from workbench.reporting import clip_space, curves, trials
+from workbench.reporting import clip_space, curves, perf, trials
 from workbench.collapse import KINDS, TITLES, Criterion
 from workbench.names import EVAL_PREFIX, REGIME_PREFIX
 from workbench.reporting.runs import (BOUNDS, accuracy_key, best_value, collapse_criteria, collapse_marker,
@@ -173,6 +173,12 @@ HOW = {
                 "a min-max band, over steps (left) and wall-clock time (right).",
     "trials": "One line per configuration (a trial's seeds averaged), labelled by the bound values that differ, "
               "so that entropy, clip fractions, length and repetition can be compared across the searched bounds.",
+    "perf": "Median seconds per step in each phase (first step left out: it pays the warm-up): generate (sampling "
+            "the rollout batch), reward (decoding and math-verify), old_logp (the no-gradient pass with the snapshot "
+            "the rollouts came from), update (all updates_per_rollout forward/backward/AdamW steps), other (the rest "
+            "of perf/step_s), tracking (that step's MLflow calls, timed after perf/step_s, so a bar is step_s + "
+            "tracking_s). Below: rollout tokens/s, real response tokens vs padded positions decoded (responses x "
+            "longest response); the gap is the share of decoding spent on padding.",
     "parallel": "Each line is a run through the four bounds (plus collapse); colour is final accuracy. Drag on an "
                 "axis to select a range.",
     "pair": "Mean final accuracy over runs in each cell of a pair of bounds; a red x marks cells with collapsed runs.",
@@ -210,6 +216,9 @@ def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
         out.append(Section("trials", "Trials side by side", HOW["trials"],
                            trials._build_trials(side) if side.panels else None,
                            None if side.panels else "no run logged entropy, clip, length or repetition series"))
+    timing = perf._get_perf_info(runs)
+    out.append(Section("perf", "Where the time went", HOW["perf"], perf._build_perf(timing) if timing.runs else None,
+                       perf.perf_note(timing)))
     if len(runs) < 2:
         return out
     parallel = clip_space._get_parallel_info(runs, acc_key)
