@@ -163,3 +163,40 @@ def test_checkpoint_holds_only_the_snapshots_rollouts_will_read(store):
     assert [c for c, _ in state["snapshots"]] == [4, 8, 12]
     # the newest snapshot is the policy itself, stored once
     assert state["snapshots"][-1][1] is state["policy"]
+
+
+def test_lagged_old_policy_holds_no_copy_of_its_own_and_lets_a_read_snapshot_go(store, monkeypatch):
+    """On CPU old_policy's weights are the ring's tensors; the state a boundary read is freed once the ring drops it."""
+    from workbench.snapshots import SnapshotRing
+
+    uri, ck = store
+    runs, seen, used = [], [], []
+    setup, read, real_logp = trainer_mod._Run.setup, SnapshotRing.rollout_state, trainer_mod.response_logp_chunked
+
+    def held(ring) -> set[int]:
+        return {t.data_ptr() for s in ring.entries.values() for t in s.values()}
+
+    def rollout_state(self, count):
+        # Between boundaries old_policy may only point at states the ring still holds: one it has
+        # dropped would otherwise stay alive, a full copy of the weights, until this reload.
+        pinned = {p.data_ptr() for p in runs[0].old_policy.parameters()}
+        assert not seen or pinned <= held(self), "old_policy pins a state the ring has dropped"
+        state = read(self, count)
+        seen.append(({k: v.clone() for k, v in state.items()}, held(self)))
+        return state
+
+    def old_logp(model, *a, **k):
+        used.append({n: (p.detach().clone(), p.data_ptr()) for n, p in model.state_dict().items()})
+        return real_logp(model, *a, **k)
+
+    monkeypatch.setattr(trainer_mod._Run, "setup", lambda self, *a, **k: runs.append(self) or setup(self, *a, **k))
+    monkeypatch.setattr(SnapshotRing, "rollout_state", rollout_state)
+    monkeypatch.setattr(trainer_mod, "response_logp_chunked", old_logp)
+    # 4 updates per rollout at lag 4: each boundary reads the state one rollout old, which the ring then drops.
+    result = train(tiny_config(steps=4, eval={"every": 100, "limit": 4}), tracking_uri=uri, progress=False,
+                   checkpoint_root=ck)
+    assert result.status == "FINISHED" and len(seen) == len(used) == 4
+    for (state, ptrs), weights in zip(seen, used):
+        for name, (value, ptr) in weights.items():
+            assert torch.equal(value, state[name])  # old_logp uses exactly the lagged state
+            assert ptr in ptrs  # ... and holds it without a copy of its own

@@ -278,6 +278,7 @@ class _Run:
         clock.lap()
         with self._autocast():
             old_logp = response_logp_chunked(self.old_policy, batch, cfg.rollout.temperature)
+        self._release_rollout_policy()
         clock.lap("old_logp")
         keep = torch.arange(len(batch))
         if cfg.dynamic_sampling:
@@ -374,8 +375,26 @@ class _Run:
     def _load_rollout_policy(self) -> None:
         """Put the snapshot `rollout_lag` updates old into old_policy and into the rollout engine."""
         if self.snapshots is not None:
-            self.old_policy.load_state_dict(self.snapshots.rollout_state(self.updates))
+            self._point_old_policy(self.snapshots.rollout_state(self.updates))
         self.backend.sync_weights(_named_state(self.old_policy, getattr(self.backend, "model", None)))
+
+    def _point_old_policy(self, state) -> None:
+        """On CPU old_policy's weights are the ring's tensors themselves, not a copy of them.
+
+        The snapshots are CPU tensors, so on a GPU they are copied into the device's module. On CPU
+        copying would hold one more full copy of the weights for the whole run, so the module's
+        parameters are assigned the snapshot's tensors (nothing writes to old_policy).
+        """
+        self.old_policy.load_state_dict(state, assign=self.device.type == "cpu")
+
+    def _release_rollout_policy(self) -> None:
+        """After the old_logp pass nothing reads old_policy until the next boundary reloads it.
+
+        On CPU it is pointed at the newest snapshot (held by the ring anyway), so the state it came
+        from is freed as soon as the ring drops it (at the first update), not one rollout later.
+        """
+        if self.snapshots is not None and self.device.type == "cpu":
+            self._point_old_policy(self.snapshots.state_dict()[-1][1])
 
     # ---- evaluation, collapse, checkpoints ----
     def _evaluate(self, tracker, on_eval) -> bool:
