@@ -57,7 +57,8 @@ def arm_ours(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         res = train(_config(args, steps), tracking_uri=uri, progress=False, checkpoint_root=f"{tmp}/ck")
-        keys = ["perf/step_s", "perf/rollout_tokens_per_s", "perf/rollout_positions_per_s"] + [f"perf/{p}_s" for p in PHASES]
+        keys = ["perf/step_s", "perf/rollout_tokens_per_s", "perf/rollout_positions_per_s", "response/length_mean"] + [
+            f"perf/{p}_s" for p in PHASES]
         h = tracking.metric_histories(res.run_id, keys, uri)
         ckpt = sum(f.stat().st_size for f in Path(f"{tmp}/ck").rglob("state.pt"))
     per = {k: [v for s, v in h[k] if s > 1] for k in keys}
@@ -66,6 +67,7 @@ def arm_ours(args) -> dict:
             **{p: statistics.median(per[f"perf/{p}_s"]) for p in PHASES},
             "real_tok_s": statistics.median(per["perf/rollout_tokens_per_s"]),
             "positions_s": statistics.median(per["perf/rollout_positions_per_s"]),
+            "length_mean": statistics.median(per["response/length_mean"]),
             "peak_rss_mb": _peak_rss_mb(), "checkpoint_mb": ckpt / 2 ** 20}
 
 
