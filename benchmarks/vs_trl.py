@@ -51,23 +51,24 @@ def _config(args, steps: int):
 
 def arm_ours(args) -> dict:
     from workbench import tracking
+    from workbench.names import (LENGTH_MEAN, ROLLOUT_POSITIONS_PER_S, ROLLOUT_TOKENS_PER_S, STEP_S, TRACKING_S,
+                                 phase_key)
     from workbench.trainer import train
 
     steps = args.rollouts + 1  # the first step warms caches and allocators and is not counted
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         res = train(_config(args, steps), tracking_uri=uri, progress=False, checkpoint_root=f"{tmp}/ck")
-        keys = ["perf/step_s", "perf/rollout_tokens_per_s", "perf/rollout_positions_per_s", "response/length_mean"] + [
-            f"perf/{p}_s" for p in PHASES]
+        keys = [STEP_S, ROLLOUT_TOKENS_PER_S, ROLLOUT_POSITIONS_PER_S, LENGTH_MEAN] + [phase_key(p) for p in PHASES]
         h = tracking.metric_histories(res.run_id, keys, uri)
         ckpt = sum(f.stat().st_size for f in Path(f"{tmp}/ck").rglob("state.pt"))
     per = {k: [v for s, v in h[k] if s > 1] for k in keys}
-    step_s = [a + b for a, b in zip(per["perf/step_s"], per["perf/tracking_s"])]
+    step_s = [a + b for a, b in zip(per[STEP_S], per[TRACKING_S])]
     return {"s_per_step": statistics.median(step_s),
-            **{p: statistics.median(per[f"perf/{p}_s"]) for p in PHASES},
-            "real_tok_s": statistics.median(per["perf/rollout_tokens_per_s"]),
-            "positions_s": statistics.median(per["perf/rollout_positions_per_s"]),
-            "length_mean": statistics.median(per["response/length_mean"]),
+            **{p: statistics.median(per[phase_key(p)]) for p in PHASES},
+            "real_tok_s": statistics.median(per[ROLLOUT_TOKENS_PER_S]),
+            "positions_s": statistics.median(per[ROLLOUT_POSITIONS_PER_S]),
+            "length_mean": statistics.median(per[LENGTH_MEAN]),
             "peak_rss_mb": _peak_rss_mb(), "checkpoint_mb": ckpt / 2 ** 20}
 
 

@@ -50,6 +50,10 @@ class SnapshotRing:
                            f"rollouts must be drawn every {self.stride} steps")
         return self.entries[want]
 
+    def newest(self) -> State:
+        """The state taken at the highest step count held."""
+        return self.entries[max(self.entries)]
+
     def __len__(self) -> int:
         return len(self.entries)
 

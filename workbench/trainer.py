@@ -394,7 +394,7 @@ class _Run:
         from is freed as soon as the ring drops it (at the first update), not one rollout later.
         """
         if self.snapshots is not None and self.device.type == "cpu":
-            self._point_old_policy(self.snapshots.state_dict()[-1][1])
+            self._point_old_policy(self.snapshots.newest())
 
     # ---- evaluation, collapse, checkpoints ----
     def _evaluate(self, tracker, on_eval) -> bool:
