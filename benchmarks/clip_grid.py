@@ -29,7 +29,7 @@ def main() -> None:
 
     import os
 
-    from workbench.study import load_study_file
+    from workbench.sweep.study_file import load_study_file
     from workbench.sweep import run_study, study_status
 
     os.chdir(ROOT)
@@ -37,7 +37,7 @@ def main() -> None:
     study = load_study_file(args.study)
     study = dataclasses.replace(study, storage=str(work / f"{study.name}.journal"))
     from tests import fake_trainer
-    from workbench.trial_process import train_locally
+    from workbench.sweep.trial import train_locally
 
     train_fn = fake_trainer.train if args.fake else train_locally
     result = run_study(study, workers=args.workers, tracking_uri=f"sqlite:///{work / 'mlflow.db'}", train_fn=train_fn)

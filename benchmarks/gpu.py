@@ -2,7 +2,7 @@
 
 Run (repo root, on a GPU machine): .venv/bin/python -m benchmarks.gpu [--steps 4] [--json]
 Self-contained, no network: the model is built from a config with the workbench's
-character tokenizer and saved to a temporary directory, then `workbench.trainer.train`
+character tokenizer and saved to a temporary directory, then `workbench.train.trainer.train`
 runs it on the built-in chain-sum task, once with `rollout.backend: hf` and, where vLLM
 imports, once with `vllm`; where verl imports, the engine check runs wb_dispo inside verl on the
 same model (benchmarks/gpu_verl.py). Each backend runs in its own process, so peak memory and vLLM's
@@ -40,7 +40,7 @@ def build_model(out_dir: Path) -> int:
     """Save a seeded ~100M Qwen2 and the char tokenizer to `out_dir`; returns the parameter count."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from workbench.models import build_char_tokenizer
+    from workbench.models.policy import build_char_tokenizer
 
     tok = build_char_tokenizer()
     config = Qwen2Config(vocab_size=len(tok), tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
@@ -69,7 +69,7 @@ def run_config(backend: str, model_dir: str, steps: int):
 
 def run_one(backend: str, model_dir: str, steps: int, work: Path) -> dict:
     """Train in this process and return the figures (called in a child process per backend)."""
-    from workbench.trainer import train
+    from workbench.train.trainer import train
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     torch.cuda.reset_peak_memory_stats()

@@ -36,7 +36,7 @@ import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from tests import services_stack as ss  # noqa: E402
-from workbench import services  # noqa: E402
+from workbench.services import stack as services  # noqa: E402
 
 FAKE_CLI = [sys.executable, "-m", "tests.fake_cli"]  # dispo-wb whose sweeps train on tests/fake_trainer.py
 SPACE = {"eps_neg_up": [0.1, 0.2, 0.4], "eps_pos_up": [0.2, 1.0]}  # 6 trials
@@ -149,7 +149,7 @@ def report_run(stack, root: Path, steps: int, repeats: int) -> None:
     from workbench import tracking
     from workbench.tracking import histories
     from workbench.tracking.store import reading_client
-    from workbench.report import make_report
+    from workbench.report.page import make_report
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     name = f"bench64-{int(time.time())}"

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from workbench.objectives import aggregate, get_objective, get_spec, list_objectives
-from workbench.regimes import regime_metrics
+from workbench.core.objectives import aggregate, get_objective, get_spec, list_objectives
+from workbench.core.regimes import regime_metrics
 
 
 def median_ms(fn, device: str, repeats: int) -> float:

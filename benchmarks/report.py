@@ -53,7 +53,7 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         uri = fabricate(root)
         from workbench import tracking
-        from workbench.report import make_report
+        from workbench.report.page import make_report
 
         found = tracking.resolve_target("bench", uri)
         t = time.perf_counter()

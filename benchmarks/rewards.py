@@ -19,7 +19,7 @@ import random
 import statistics
 import time
 
-from workbench.rewards import RewardPool
+from workbench.tasks.rewards import RewardPool
 
 BATCH = 128
 

@@ -36,8 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.config import RunConfig  # noqa: E402
-from workbench.models import param_count  # noqa: E402
-from workbench.sft import greedy_responses, warm_start  # noqa: E402
+from workbench.models.policy import param_count  # noqa: E402
+from workbench.train.sft import greedy_responses, warm_start  # noqa: E402
 from workbench.tasks import build_task, last_boxed  # noqa: E402
 
 

@@ -115,7 +115,7 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from workbench import sweep
-    from workbench.study import load_study_file
+    from workbench.sweep.study_file import load_study_file
 
     study = load_study_file(study_file)
     trials = optuna.load_study(study_name=study.name, storage=sweep.open_storage(sweep.storage_url(study))).trials

@@ -35,11 +35,11 @@ def main() -> None:
                     help="train on tests/fake_trainer.py: the sweep machinery alone, without training")
     args = ap.parse_args()
 
-    from workbench.study import Dimension, load_study_file
+    from workbench.sweep.study_file import Dimension, load_study_file
     from workbench.sweep import run_study
 
     from tests import fake_trainer
-    from workbench.trial_process import train_locally
+    from workbench.sweep.trial import train_locally
 
     train_fn = fake_trainer.train if args.fake else train_locally
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from workbench import tracking
 from workbench.config import build_run_config
-from workbench.regimes import REGIMES
-from workbench.trainer import train
+from workbench.core.regimes import REGIMES
+from workbench.train.trainer import train
 
 SEEDS = (0, 1, 2)
 

@@ -28,11 +28,11 @@ import time
 
 import torch
 
-from workbench.batching import pack, response_logp, response_logp_chunked
+from workbench.train.batching import pack, response_logp, response_logp_chunked
 from workbench.config import ObjectiveConfig
-from workbench.models import build_char_tokenizer, build_micro_model
-from workbench.objectives import aggregate, get_spec
-from workbench.snapshots import SnapshotRing
+from workbench.models.policy import build_char_tokenizer, build_micro_model
+from workbench.core.objectives import aggregate, get_spec
+from workbench.train.snapshots import SnapshotRing
 
 
 def _batch(tok, g: torch.Generator):

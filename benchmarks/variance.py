@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from workbench import tracking  # noqa: E402
 from workbench.names import FINISHED, TAG_ARM  # noqa: E402
-from workbench.reporting.claims import run_measure  # noqa: E402
-from workbench.reporting.runs import accuracy_key, curve, final_value, start_value  # noqa: E402
+from workbench.report.claims import run_measure  # noqa: E402
+from workbench.report.runs import accuracy_key, curve, final_value, start_value  # noqa: E402
 
 
 def seeds_arg(text: str) -> list[int]:

@@ -53,7 +53,7 @@ def arm_ours(args) -> dict:
     from workbench import tracking
     from workbench.names import (LENGTH_MEAN, ROLLOUT_POSITIONS_PER_S, ROLLOUT_TOKENS_PER_S, STEP_S, TRACKING_S,
                                  phase_key)
-    from workbench.trainer import train
+    from workbench.train.trainer import train
 
     steps = args.rollouts + 1  # the first step warms caches and allocators and is not counted
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,8 +78,8 @@ def arm_trl(args) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from workbench.rewards import score_answer
-    from workbench.sft import warm_start
+    from workbench.tasks.rewards import score_answer
+    from workbench.train.sft import warm_start
     from workbench.tasks.micro import build_task
 
     cfg = _config(args, args.rollouts + 1)
@@ -172,7 +172,7 @@ def main() -> None:
         return
     argv = [a for a in sys.argv[1:]]
     if not args.no_sft:  # build the warm start once, outside every timed process
-        from workbench.sft import warm_start
+        from workbench.train.sft import warm_start
 
         warm_start(_config(args, 1), log=lambda *_: None)
     print(f"{args.model}, 16 prompts x 8 samples, {args.new_tokens} new tokens, 16 AdamW steps per rollout batch, "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.report import make_report  # noqa: E402
+from workbench.report.page import make_report  # noqa: E402
 
 FLAGS = ["--no-sandbox", "--headless", "--disable-gpu", "--enable-unsafe-swiftshader", "--hide-scrollbars",
          "--no-first-run", "--disable-background-networking", "--virtual-time-budget=15000"]

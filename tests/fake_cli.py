@@ -7,8 +7,8 @@ trainer is passed to the CLI as a callable (`SweepHooks`), not named by a string
 from __future__ import annotations
 
 from tests.fake_trainer import train
-from workbench.cli import app
-from workbench.cli_sweep import SweepHooks
+from workbench.cli.app import app
+from workbench.cli.sweep import SweepHooks
 
 
 def main() -> None:

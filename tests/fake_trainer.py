@@ -1,4 +1,4 @@
-"""A stand-in for `workbench.trainer.train` in sweep tests and the kill benchmark.
+"""A stand-in for `workbench.train.trainer.train` in sweep tests and the kill benchmark.
 
 Fast and deterministic: accuracy is a smooth function of the four bounds and the seed, and it
 rises over the steps. Tracked like the real trainer: one MLflow run through
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workbench import tracking
 from workbench.config import RunConfig, flatten
-from workbench.results import RunResult
+from workbench.train.results import RunResult
 
 CRASH_EPS_POS_DOWN = 0.66
 

@@ -17,10 +17,10 @@ import optuna
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from workbench.collapse import detect_collapse
+from workbench.metrics.collapse import detect_collapse
 from workbench.config import CollapseConfig
 from workbench.names import REGIMES
-from workbench.study import BOUNDS, parse_direction
+from workbench.sweep.study_file import BOUNDS, parse_direction
 MAX_LEN = 48
 
 

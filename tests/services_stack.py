@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from workbench import services
+from workbench.services import stack as services
 from workbench.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

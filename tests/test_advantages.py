@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from workbench.advantages import group_advantages, overlong_penalty, zero_adv_groups
-from workbench.metrics import repetition_rate, response_metrics
+from workbench.core.advantages import group_advantages, overlong_penalty, zero_adv_groups
+from workbench.metrics.responses import repetition_rate, response_metrics
 
 
 def test_grpo_normalises_within_each_group():

@@ -5,8 +5,8 @@ Run: pytest tests/test_batching.py
 
 import torch
 
-from workbench.batching import pack, response_logp, response_logp_chunked, trim
-from workbench.models import build_char_tokenizer, build_micro_model
+from workbench.train.batching import pack, response_logp, response_logp_chunked, trim
+from workbench.models.policy import build_char_tokenizer, build_micro_model
 
 
 def _single_logp(model, prompt, response, temperature):

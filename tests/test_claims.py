@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from workbench import claims as wc
-from workbench.claims import ClaimSpec, judge, paired_link
+from workbench.sweep import claims as wc
+from workbench.sweep.claims import ClaimSpec, judge, paired_link
 from workbench.config import ConfigError
 from workbench.names import TAG_ARM, TAG_SEED
-from workbench.reporting import claims as rc
-from workbench.study import load_study_file, parse_study
+from workbench.report import claims as rc
+from workbench.sweep.study_file import load_study_file, parse_study
 from workbench.tracking import MetricSeries, RunRecord
 
 SEEDS = range(5)
@@ -204,7 +204,7 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     import pandas as pd
     from typer.testing import CliRunner
 
-    from workbench.cli import app
+    from workbench.cli.app import app
 
     out = CliRunner().invoke(app, ["report", "mini_claims", "--tracking-uri", uri, "--out-dir", str(tmp_path / "r"),
                                    "--no-png", "--no-log-artifact"])
@@ -221,8 +221,8 @@ def test_report_prints_a_claim_without_paired_seeds_as_na(tmp_path, monkeypatch)
     # A study still running (or an arm that never finished) has links with no pairs: their CSV cells are empty.
     from typer.testing import CliRunner
 
-    from workbench import report
-    from workbench.cli import app
+    from workbench.report import page as report
+    from workbench.cli.app import app
 
     folder = tmp_path / "study"
     folder.mkdir()

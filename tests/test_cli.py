@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from workbench.cli import app
+from workbench.cli.app import app
 
 runner = CliRunner()
 
@@ -99,7 +99,7 @@ def test_store_in_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
 
 def test_refusing_a_bad_input_imports_neither_torch_nor_mlflow(tmp_path):
     """The bottom layer at work: parsing and validating a run config stays light (< 1 s to refuse)."""
-    code = ("import sys; from typer.testing import CliRunner; from workbench.cli import app; "
+    code = ("import sys; from typer.testing import CliRunner; from workbench.cli.app import app; "
             f"out = CliRunner().invoke(app, ['train', '--tracking-uri', 'sqlite:///{tmp_path}/m.db', '--lr', 'inf']); "
             "assert out.exit_code == 2, out.output; "
             "print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'optuna') if m in sys.modules))")
@@ -154,7 +154,7 @@ def test_eval_scores_a_run_on_the_task_it_trained_on(tmp_path, monkeypatch):
     """`eval --checkpoint .cache/checkpoints/<run_id>` draws micro problems from the run's task, not the default one."""
     import torch
 
-    from workbench import evaluation
+    from workbench.train import evaluation
     from workbench.config import TaskConfig
     from workbench.tasks.micro import build_task
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from workbench.collapse import BASELINE_STEPS, KINDS, CollapseVerdict, assess, detect_collapse
+from workbench.metrics.collapse import BASELINE_STEPS, KINDS, CollapseVerdict, assess, detect_collapse
 from workbench.config import CollapseConfig
 
 CFG = CollapseConfig(repetition_threshold=0.5, length_ratio=0.35, patience=3)

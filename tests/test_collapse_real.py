@@ -17,8 +17,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from workbench import report, tracking
-from workbench.collapse import SIGNALS, CollapseVerdict, assess, detect_collapse
+from workbench import tracking
+from workbench.report import page as report
+from workbench.metrics.collapse import SIGNALS, CollapseVerdict, assess, detect_collapse
 from workbench.config import CollapseConfig
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "unstable_run.json").read_text())

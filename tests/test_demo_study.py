@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from workbench.study import load_study_file
+from workbench.sweep.study_file import load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

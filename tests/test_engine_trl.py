@@ -127,7 +127,7 @@ def test_two_processes_train_with_our_objective_and_log_all_rank_metrics(tmp_pat
     assert found["world_size"] == [2, 2] and found["logged_world_size"] == "2"
     assert found["old_logps_present"] and min(found["micro_batches_per_rank"]) >= 4
     assert found["max_mean_abs_ratio_dev"] > 1e-3  # r moved away from 1, so the bounds can act
-    assert found["max_loss_diff"] < 1e-6  # TRL back-propagated workbench.objectives' loss
+    assert found["max_loss_diff"] < 1e-6  # TRL back-propagated workbench.core.objectives' loss
     assert found["max_all_rank_metric_diff"] < 1e-9  # logged metrics = objective over both ranks' tokens
     assert found["max_gap_to_rank0_only"] > 0  # ... which rank 0's tokens alone would not give
     keys = set(found["metric_keys"])
@@ -142,7 +142,7 @@ def test_two_processes_train_with_our_objective_and_log_all_rank_metrics(tmp_pat
 def test_overlong_penalty_is_the_local_one_as_a_trl_reward():
     import torch
 
-    from workbench.advantages import overlong_penalty
+    from workbench.core.advantages import overlong_penalty
     from workbench.engines.trl.data import OverlongPenalty
 
     cfg = cfg_of(overlong={"enabled": True, "buffer": 4, "factor": 1.0}, rollout={"max_new_tokens": 10})

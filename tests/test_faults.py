@@ -18,9 +18,10 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from workbench import liveness, stale_runs
+from workbench.tracking import liveness
+from workbench.tracking import stale as stale_runs
 from workbench.tracking.store import open_client
-from workbench.cli import app
+from workbench.cli.app import app
 from workbench.config import build_run_config
 from workbench.names import TAG_FAILURE, TAG_HOST, TAG_PID
 
@@ -72,7 +73,7 @@ def test_kill_9_then_resume_marks_the_run_killed_and_logs_each_step_once(tmp_pat
     # Steps slowed to 0.5 s so that the kill lands after step 4 was logged, past the step-3 checkpoint.
     child = _python(f"""
         import time
-        from workbench import trainer
+        from workbench.train import trainer
         from workbench.config import build_run_config
         real = trainer.response_metrics
         def slow(*a, **k):
@@ -99,8 +100,8 @@ def test_kill_9_then_resume_marks_the_run_killed_and_logs_each_step_once(tmp_pat
     before = _steps(c, run_id, "loss/policy")
     assert before[-1] >= 4 and (tmp_path / ".cache/checkpoints" / run_id / "state.pt").exists()
 
-    from workbench.runs import resume_config
-    from workbench.trainer import train
+    from workbench.train.launch import resume_config
+    from workbench.train.trainer import train
 
     monkeypatch.chdir(tmp_path)  # checkpoints live under the working directory
     cfg = resume_config(run_id, uri, {})
@@ -117,7 +118,7 @@ def test_kill_9_then_resume_marks_the_run_killed_and_logs_each_step_once(tmp_pat
 
 def test_resume_refuses_a_run_whose_process_is_alive(tmp_path):
     from workbench.errors import UserError
-    from workbench.runs import resume_config
+    from workbench.train.launch import resume_config
     from workbench.tracking import RunTracker
 
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -162,7 +163,7 @@ def _no_space(*a, **k):
 
 
 def test_full_disk_ends_the_run_failed_with_one_line(tmp_path, monkeypatch):
-    from workbench import trainer
+    from workbench.train import trainer
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(trainer.checkpoint, "save", _no_space)
@@ -181,7 +182,8 @@ def test_full_disk_ends_the_run_failed_with_one_line(tmp_path, monkeypatch):
 def test_full_disk_under_the_store_still_gives_one_line(tmp_path, monkeypatch):
     import sqlite3
 
-    from workbench import tracking, trainer
+    from workbench import tracking
+    from workbench.train import trainer
 
     def store_full(self, *a, **k):
         try:

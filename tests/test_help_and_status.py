@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from workbench.cli import app
-from workbench.cli_sweep import render_status
+from workbench.cli.app import app
+from workbench.cli.sweep import render_status
 from workbench.sweep import StudyStatus, TrialRow
 
 

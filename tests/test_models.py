@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from workbench import models
+from workbench.models import policy as models
 from workbench.config import ModelConfig
-from workbench.models import MICRO_MODELS, build_char_tokenizer, build_prompt, load_policy, param_count, select_device
+from workbench.models.policy import MICRO_MODELS, build_char_tokenizer, build_prompt, load_policy, param_count, select_device
 
 
 def test_tokenizer_round_trip_and_boxed_is_one_token():

@@ -13,9 +13,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from workbench import objectives as obj
+from workbench.core import objectives as obj
 from workbench import params as declared_params
-from workbench.objectives import (
+from workbench.core.objectives import (
     ClipParams,
     DispoParams,
     aggregate,
@@ -27,7 +27,7 @@ from workbench.objectives import (
     register_objective,
     render_objectives_table,
 )
-from workbench.regimes import REGIMES, regime_metrics
+from workbench.core.regimes import REGIMES, regime_metrics
 
 NAMES = ["cispo", "dapo", "dispo", "dr_grpo", "grpo", "gspo"]
 SEEDS = [0, 1, 2]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.config import build_run_config, load_run_config, read_yaml
-from workbench.study import load_study_file
+from workbench.sweep.study_file import load_study_file
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from workbench.regimes import REGIMES, regime_masks, regime_metrics, token_entropy
+from workbench.core.regimes import REGIMES, regime_masks, regime_metrics, token_entropy
 
 
 def ref_regime(r: float, a: float, m: float) -> str | None:

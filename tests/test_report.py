@@ -21,15 +21,16 @@ from mlflow.entities import Metric
 from typer.testing import CliRunner
 
 from tests.report_fixtures import BOUNDS, FakeRun, build_store, eval_series, log_run, series
-from workbench import report, tracking
+from workbench import tracking
+from workbench.report import page as report
 from workbench.tracking import histories
 from workbench.tracking.store import reading_client
-from workbench.cli_report import register
-from workbench.collapse import BASELINE_STEPS
+from workbench.cli.report import register
+from workbench.metrics.collapse import BASELINE_STEPS
 from workbench.errors import UserError
 from workbench.names import REGIMES
-from workbench.reporting import clip_space, curves, runs
-from workbench.reporting.runs import Marker
+from workbench.report import clip_space, curves, runs
+from workbench.report.runs import Marker
 
 
 @pytest.fixture(scope="module")

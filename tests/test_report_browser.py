@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.report_fixtures import build_store
-from workbench.report import make_report
+from workbench.report.page import make_report
 
 CHROME = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 FLAGS = ["--no-sandbox", "--headless", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-background-networking",

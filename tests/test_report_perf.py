@@ -13,10 +13,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from tests.report_fixtures import FakeRun, experiment, log_run
-from workbench import report
+from workbench.report import page as report
 from workbench.names import (ROLLOUT_POSITIONS_PER_S, ROLLOUT_TOKENS_PER_S, STEP_S, TRACKING_S, UPDATE_TOKENS_PER_S,
                              phase_key)
-from workbench.reporting import perf
+from workbench.report import perf
 from workbench.tracking import MetricSeries, RunRecord, TargetRuns
 
 

@@ -1,4 +1,4 @@
-r"""Tests for workbench.rewards: math-verify scoring and the worker pool's limits.
+r"""Tests for workbench.tasks.rewards: math-verify scoring and the worker pool's limits.
 
 Run: cd /work/main && .venv/bin/python -m pytest tests/test_rewards.py -q
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import workbench.rewards
-from workbench.rewards import RewardPool, RewardResult, score_answer
+import workbench.tasks.rewards
+from workbench.tasks.rewards import RewardPool, RewardResult, score_answer
 
 LIMIT_S = 0.5
 # Starting a replacement worker and reading replies costs far less than this on any machine
@@ -72,7 +72,7 @@ def pool():
 
 
 def test_doctests_pass():
-    result = doctest.testmod(workbench.rewards)
+    result = doctest.testmod(workbench.tasks.rewards)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -239,7 +239,7 @@ def test_close_leaves_no_child_processes():
 def test_workers_die_with_a_killed_trainer(tmp_path):
     script = textwrap.dedent(
         f"""
-        from workbench.rewards import RewardPool
+        from workbench.tasks.rewards import RewardPool
         if __name__ == "__main__":
             pool = RewardPool(workers=1, timeout_s=600)
             print(*pool.pids, flush=True)

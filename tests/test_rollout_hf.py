@@ -5,7 +5,7 @@ Run: pytest tests/test_rollout_hf.py
 
 import torch
 
-from workbench.models import build_char_tokenizer, build_micro_model
+from workbench.models.policy import build_char_tokenizer, build_micro_model
 from workbench.rollout.base import Sampling
 from workbench.rollout.hf import HFBackend
 

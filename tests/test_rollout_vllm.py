@@ -103,7 +103,7 @@ def make(sleep=True, level=1, **kw):
 
 
 def trainer_step(backend, prompts=("1+2=", "3+4=")):
-    """One step in the order workbench.trainer drives a backend."""
+    """One step in the order workbench.train.trainer drives a backend."""
     backend.sync_weights(weights())
     backend.wake()
     ro = backend.generate(list(prompts), 2, Sampling(max_new_tokens=8))
@@ -266,7 +266,7 @@ def test_bad_sleep_level_is_refused():
 def test_an_in_memory_model_is_saved_for_the_engine_and_removed_at_close():
     from pathlib import Path
 
-    from workbench.models import build_char_tokenizer, build_micro_model
+    from workbench.models.policy import build_char_tokenizer, build_micro_model
 
     tok = build_char_tokenizer()
     model = build_micro_model("micro-0.5m", tok, seed=0)
@@ -345,7 +345,7 @@ class SamplingEngine:
 
 
 def test_trainer_on_the_vllm_backend_syncs_each_step_and_its_logps_line_up(monkeypatch, tmp_path):
-    """Interface test through workbench.trainer.train with the stand-in SamplingEngine: the trainer's
+    """Interface test through workbench.train.trainer.train with the stand-in SamplingEngine: the trainer's
     old_logp and the engine's sampling log-probs come from the same weights, so the logged mismatch
     is float noise only if every sampled token's log-prob sits at the right position."""
     from dataclasses import dataclass as dc
@@ -355,8 +355,8 @@ def test_trainer_on_the_vllm_backend_syncs_each_step_and_its_logps_line_up(monke
     import workbench.rollout.vllm as backend_module
     from workbench import tracking
     from workbench.config import build_run_config
-    from workbench.models import build_char_tokenizer
-    from workbench.trainer import train
+    from workbench.models.policy import build_char_tokenizer
+    from workbench.train.trainer import train
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)

@@ -25,10 +25,11 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests import services_stack as ss
-from workbench import services, tracking
+from workbench import tracking
+from workbench.services import stack as services
 from workbench.tracking import histories
 from workbench.tracking.queries import run_record
-from workbench.credentials import redact, take_password
+from workbench.services.credentials import redact, take_password
 
 _why = ss.missing()
 if _why and os.environ.get("CI") == "true":
@@ -210,7 +211,7 @@ def test_the_storage_waits_out_a_short_outage_and_names_a_long_one_in_one_line(m
     import threading
 
     from workbench import sweep
-    from workbench.shared_storage import StorageUnavailable
+    from workbench.sweep.shared_db import StorageUnavailable
 
     with ss.running_stack(with_mlflow=False, use_ci=False) as pg:
         monkeypatch.setenv("PGPASSFILE", str(pg.pgpass.resolve()))

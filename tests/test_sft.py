@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench import sft
+from workbench.train import sft
 from workbench.config import RunConfig
-from workbench.models import build_char_tokenizer, load_policy
+from workbench.models.policy import build_char_tokenizer, load_policy
 from workbench.tasks import Problem, build_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_killed_build_leaves_no_entry_and_next_build_cleans_up(tmp_path):
     cfg = _config(tmp_path)
     script = textwrap.dedent(f"""
         import os, signal
-        from workbench import sft
+        from workbench.train import sft
         from workbench.config import RunConfig
         def killed(final, model, tokenizer, info):
             tmp = final.parent / f".tmp-{{final.name}}-{{os.getpid()}}"

@@ -8,7 +8,7 @@ from collections import deque
 import pytest
 import torch
 
-from workbench.snapshots import SnapshotRing
+from workbench.train.snapshots import SnapshotRing
 
 
 @pytest.mark.parametrize("lag,stride", [(64, 16), (4, 4), (4, 16), (5, 3), (1, 1), (30, 16)])

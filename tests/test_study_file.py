@@ -13,9 +13,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from workbench import cli_sweep
+from workbench.cli import sweep as cli_sweep
 from workbench.config import ConfigError
-from workbench.study import default_storage, load_study_file, parse_direction
+from workbench.sweep.study_file import default_storage, load_study_file, parse_direction
 
 GOOD = {"base": {"steps": 3, "model": {"name": "micro-0.5m"}},
         "space": {"eps_neg_up": [0.01, 0.2, "inf"], "eps_pos_down": [0.2, 1.0]},

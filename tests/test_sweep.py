@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from tests import fake_trainer
 from workbench import sweep, tracking
-from workbench.cli_sweep import SweepHooks
-from workbench.study import load_study_file
+from workbench.cli.sweep import SweepHooks
+from workbench.sweep.study_file import load_study_file
 
 FAKE = fake_trainer.train
 
@@ -180,7 +180,7 @@ def test_intermediate_eval_accuracy_prunes_a_worse_trial(tmp_path, tracking_uri)
 def test_cli_runs_a_study_by_default_and_shows_its_status(tmp_path, tracking_uri):
     import typer
 
-    from workbench import cli_sweep
+    from workbench.cli import sweep as cli_sweep
 
     app = typer.Typer()
     app.command()(lambda: None)
@@ -246,7 +246,7 @@ def returns_a_dict(config, **kwargs):
 
 
 def test_a_train_function_must_return_a_run_result(tmp_path):
-    from workbench.trial_process import TrialCrashed, run_training
+    from workbench.sweep.trial import TrialCrashed, run_training
 
     config = load_study_file(write_study(tmp_path, "typed", {"eps_neg_up": [0.2]})).run_config({}, 0, 1)
     with pytest.raises(TrialCrashed, match="the train function returned a dict, not a RunResult"):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from workbench import trainer as trainer_mod
+from workbench.train import trainer as trainer_mod
 from workbench.config import build_run_config
-from workbench.trainer import train
+from workbench.train.trainer import train
 
 DESIGN_KEYS = [f"regime/{r}/{s}" for r in ("pos_up", "pos_down", "neg_up", "neg_down")
                for s in ("token_frac", "clip_frac", "entropy", "weight_mean", "clip_mass")] + [
@@ -167,7 +167,7 @@ def test_checkpoint_holds_only_the_snapshots_rollouts_will_read(store):
 
 def test_lagged_old_policy_holds_no_copy_of_its_own_and_lets_a_read_snapshot_go(store, monkeypatch):
     """On CPU old_policy's weights are the ring's tensors; the state a boundary read is freed once the ring drops it."""
-    from workbench.snapshots import SnapshotRing
+    from workbench.train.snapshots import SnapshotRing
 
     uri, ck = store
     runs, seen, used = [], [], []

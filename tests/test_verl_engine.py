@@ -31,8 +31,8 @@ from verl.workers.config.actor import ActorConfig, PolicyLossConfig  # noqa: E40
 
 from workbench.engines.verl.config import WorkbenchPolicyLossConfig  # noqa: E402
 from workbench.engines.verl.parity import PARITY_CASES, actor_config, batch, max_diffs, run_loss  # noqa: E402
-from workbench.objectives import aggregate, get_objective, make_params  # noqa: E402
-from workbench.regimes import regime_metrics  # noqa: E402
+from workbench.core.objectives import aggregate, get_objective, make_params  # noqa: E402
+from workbench.core.regimes import regime_metrics  # noqa: E402
 
 
 @pytest.mark.parametrize("case", PARITY_CASES, ids=[c.label for c in PARITY_CASES])

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from workbench.cli import app
+from workbench.cli.app import app
 from workbench.config import RunConfig, build_run_config
 from workbench.engines import ENGINES
 from workbench.engines.verl import launch
 from workbench.engines.verl.keys import translate_history, translate_step
 from workbench.errors import UserError
-from workbench.study import parse_study
+from workbench.sweep.study_file import parse_study
 
 GOLDEN = Path(__file__).parent / "golden"
 runner = CliRunner()

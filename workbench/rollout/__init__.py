@@ -15,7 +15,7 @@ def make_backend(config, model: torch.nn.Module, tokenizer, device: torch.device
         from workbench.rollout.hf import HFBackend
 
         return HFBackend(model, tokenizer, device)
-    from workbench.models import is_micro
+    from workbench.models.policy import is_micro
     from workbench.rollout.vllm import make_vllm_backend
 
     # A micro model exists only in memory: the engine gets it saved to a folder.

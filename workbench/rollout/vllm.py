@@ -51,7 +51,7 @@ import torch
 
 from workbench.config import RolloutConfig
 from workbench.errors import UserError
-from workbench.models import is_micro
+from workbench.models.policy import is_micro
 from workbench.rollout.base import Rollouts, Sampling, encode_prompts
 
 MISSING_VLLM = "rollout.backend: vllm is not installed; install the GPU extra: pip install '.[gpu]'"

@@ -8,8 +8,8 @@ One module per job:
 - `workers`: the worker processes, each taking one unit of the trial budget at a time;
 - `objective`: one trial (sample, one training run per seed, values, pruning, collapse);
 - `status`: what the storage alone says about a study (`dispo-wb sweep status`).
-Each seed trains in a child process (`workbench.trial_process`) through a `TrainFn`
-(`workbench.results`), whose `RunResult` the trial reads back.
+Each seed trains in a child process (`workbench.sweep.trial`) through a `TrainFn`
+(`workbench.train.results`), whose `RunResult` the trial reads back.
 """
 
 from workbench.sweep.coordinator import SweepResult, best_of, run_study, space_params

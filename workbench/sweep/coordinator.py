@@ -15,17 +15,18 @@ from typing import Callable
 
 import optuna
 
-from workbench import shared_storage, tracking
-from workbench.claims import claims_tag
+from workbench import tracking
+from workbench.sweep import shared_db as shared_storage
+from workbench.sweep.claims import claims_tag
 from workbench.config import dump_yaml
 from workbench.names import (FAILED, FINISHED, KILLED, TAG_BEST_PARAMS, TAG_BEST_TRIAL, TAG_BEST_VALUE, TAG_COMPLETE,
                              TAG_DIRECTIONS, TAG_OPTUNA_SAMPLER, TAG_OPTUNA_STORAGE, TAG_PARETO_TRIALS, TAG_SEEDS)
-from workbench.results import TrainFn
-from workbench.study import Study
+from workbench.train.results import TrainFn
+from workbench.sweep.study_file import Study
 from workbench.sweep.status import DONE, counts as state_counts
 from workbench.sweep.storage import exclusive, open_study, recover, redact, storage_url
 from workbench.sweep.workers import WorkerSpec, run_workers
-from workbench.trial_process import train_locally
+from workbench.sweep.trial import train_locally
 
 
 @dataclass

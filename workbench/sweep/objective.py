@@ -22,9 +22,9 @@ from workbench import tracking
 from workbench.errors import UserError
 from workbench.names import (FAILED, KILLED, TAG_ARM, TAG_COLLAPSE, TAG_FAILURE, TAG_OPTUNA_SAMPLER,
                              TAG_PRUNE_REASON, TAG_RETRY_OF, TAG_RETRY_OF_RUN, TAG_SEED, TAG_STUDY, TAG_TRIAL)
-from workbench.results import RunResult, TrainFn
-from workbench.study import ARM, Direction
-from workbench.trial_process import TrialCrashed, run_training
+from workbench.train.results import RunResult, TrainFn
+from workbench.sweep.study_file import ARM, Direction
+from workbench.sweep.trial import TrialCrashed, run_training
 
 if TYPE_CHECKING:
     from workbench.sweep.workers import WorkerSpec

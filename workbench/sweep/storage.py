@@ -22,10 +22,11 @@ from typing import Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from workbench import shared_storage, tracking
-from workbench.credentials import redact as _redact_text, take_password
+from workbench import tracking
+from workbench.sweep import shared_db as shared_storage
+from workbench.services.credentials import redact as _redact_text, take_password
 from workbench.errors import UserError
-from workbench.study import Study, default_storage, load_study_file
+from workbench.sweep.study_file import Study, default_storage, load_study_file
 
 HEARTBEAT_S, GRACE_S = 30, 120
 

@@ -2,7 +2,7 @@
 
 Each worker runs one trial with `study.optimize(n_trials=1)`, so no sweep runs more than
 `n_trials` trials; each seed of that trial trains in a child of the worker
-(`workbench.trial_process`). Every worker dies with the coordinator (Linux PR_SET_PDEATHSIG),
+(`workbench.sweep.trial`). Every worker dies with the coordinator (Linux PR_SET_PDEATHSIG),
 so after `kill -9` of a sweep no orphan keeps writing and the next run can treat every
 RUNNING trial as dead. On a database other hosts share, a worker decides and asks for a trial
 under the study lock, so no two hosts take the last slot.
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from workbench import shared_storage
-from workbench.results import TrainFn
-from workbench.study import Study
+from workbench.sweep import shared_db as shared_storage
+from workbench.train.results import TrainFn
+from workbench.sweep.study_file import Study
 from workbench.sweep.objective import TrialObjective
 from workbench.sweep.status import DONE
 from workbench.sweep.storage import HEARTBEAT_S, fail_stale_trials, make_sampler, open_study
-from workbench.trial_process import TrialCrashed, describe_exit, die_with_parent
+from workbench.sweep.trial import TrialCrashed, describe_exit, die_with_parent
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ The names below are the package's surface: `from workbench.tracking import X` an
 
 from __future__ import annotations
 
-from workbench.stores import DEFAULT_TRACKING_URI, first_use_lock, resolve_tracking_uri
+from workbench.tracking.location import DEFAULT_TRACKING_URI, first_use_lock, resolve_tracking_uri
 from workbench.tracking.histories import load_histories
 from workbench.tracking.lineage import (close_study_run, close_trial_run, kill_running_trials, kill_runs,
                                         open_study_run, open_trial_run)

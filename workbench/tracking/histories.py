@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from workbench.stores import resolve_tracking_uri
+from workbench.tracking.location import resolve_tracking_uri
 from workbench.tracking.queries import MetricSeries, RunRecord
 from workbench.tracking.store import reading_client
 

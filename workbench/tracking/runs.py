@@ -39,7 +39,7 @@ class RunTracker:
                  resume_run_id: str | None = None):
         from mlflow.entities import Param
 
-        from workbench.liveness import writer_tags
+        from workbench.tracking.liveness import writer_tags
 
         self.client = open_client(tracking_uri)
         self.logged: dict[str, int] = {}  # a resumed run's last step in the store, per metric key

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workbench.stores import first_use_lock, resolve_tracking_uri
+from workbench.tracking.location import first_use_lock, resolve_tracking_uri
 
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 MAX_PARAM_LEN = 6000

@@ -58,7 +58,7 @@ def command(config_path: str, output_dir: str, nproc_per_node: int, launcher_arg
 
 def run_params(cfg: RunConfig) -> dict:
     """MLflow params as the local trainer logs them: the flat config and the objective's resolved parameters."""
-    from workbench.objectives import get_spec
+    from workbench.core.objectives import get_spec
 
     params = flatten(cfg.model_dump(mode="python"))
     params.pop("objective.params", None)
@@ -112,10 +112,10 @@ def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_n
         cmd = command(f"{out}/config.yaml", out, nproc, launcher_args)
         print(f"MLFLOW_TRACKING_URI={shlex.quote(uri)} MLFLOW_RUN_ID=RUN_ID {shlex.join(cmd)}")
         return 0
-    from workbench.models import is_micro
+    from workbench.models.policy import is_micro
 
     if cfg.sft.enabled and is_micro(cfg.model.name):
-        from workbench.sft import warm_start
+        from workbench.train.sft import warm_start
 
         try:
             warm_start(cfg)  # build the cached warm start once, before the processes load it
@@ -146,7 +146,7 @@ def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_n
 def _tag_collapse(tracker, cfg: RunConfig, uri: str) -> None:
     """The local trainer's collapse verdict, from the series rank 0 stored."""
     from workbench import tracking
-    from workbench.collapse import SIGNALS, detect_collapse
+    from workbench.metrics.collapse import SIGNALS, detect_collapse
 
     series = tracking.metric_histories(tracker.run_id, list(SIGNALS.values()), uri)
     steps = sorted({s for v in series.values() for s, _ in v})

@@ -6,7 +6,7 @@ Creates an MLflow run in a temporary SQLite store as `launch` does, starts the p
 torchrun (gloo on CPU; `accelerate launch --cpu` would start only one), lets every rank record
 the tensors of each micro-batch it hands to the objective, then prints: the world size, whether
 old log-probs were present, how far r moved from 1, the largest difference between the loss
-TRL back-propagated and `workbench.objectives` on the same tensors, whether the logged regime
+TRL back-propagated and `workbench.core.objectives` on the same tensors, whether the logged regime
 metrics equal the objective's metrics over both ranks' tokens together, and the regime metric
 keys in the MLflow run. The reward is "even completion length" so that an untrained micro
 model gets mixed groups and non-zero advantages; the math reward is not under test here.
@@ -97,7 +97,7 @@ def _max_gap(got: dict[str, float], want: dict[str, float]) -> float:
 def analyse(out: Path, nproc: int, cfg, run_id: str, uri: str) -> dict:
     """The check's findings from the ranks' records and the MLflow run."""
     from workbench import tracking
-    from workbench.objectives import aggregate, get_spec
+    from workbench.core.objectives import aggregate, get_spec
 
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
     spec, params = get_spec(cfg.objective.name), cfg.objective.build_params()

@@ -12,11 +12,11 @@ import functools
 from typing import Any
 
 from workbench.config import RunConfig
-from workbench.metrics import repetition_rate
+from workbench.metrics.responses import repetition_rate
 from workbench.names import (LENGTH_CORRECT, LENGTH_INCORRECT, REPETITION_RATE, REWARD_CRASH_FRAC, REWARD_TIMEOUT_FRAC,
                              TRAIN_ACCURACY)
-from workbench.models import INSTRUCTION, is_micro
-from workbench.rewards import RewardPool, score_answer
+from workbench.models.policy import INSTRUCTION, is_micro
+from workbench.tasks.rewards import RewardPool, score_answer
 from workbench.tasks.micro import build_task
 
 
@@ -49,7 +49,7 @@ def completion_text(completion: Any) -> str:
 
 
 class MathReward:
-    """TRL reward function: 1 correct / 0 wrong by `workbench.rewards`, in worker processes with hard timeouts.
+    """TRL reward function: 1 correct / 0 wrong by `workbench.tasks.rewards`, in worker processes with hard timeouts.
 
     Also reports, per response, what the local trainer logs about a rollout batch
     (`train/accuracy`, `response/length_correct`, `response/length_incorrect`,
@@ -90,7 +90,7 @@ class MathReward:
 
 
 class OverlongPenalty:
-    """DAPO's soft overlong punishment (`workbench.advantages.overlong_penalty`) as a second TRL reward,
+    """DAPO's soft overlong punishment (`workbench.core.advantages.overlong_penalty`) as a second TRL reward,
     which TRL adds to the math reward before the group advantages, as the local trainer does."""
 
     __name__ = "overlong_penalty"
@@ -101,7 +101,7 @@ class OverlongPenalty:
     def __call__(self, prompts, completions, completion_ids, **_: Any) -> list[float]:
         import torch
 
-        from workbench.advantages import overlong_penalty
+        from workbench.core.advantages import overlong_penalty
 
         o = self.cfg.overlong
         lengths = torch.tensor([len(ids) for ids in completion_ids])

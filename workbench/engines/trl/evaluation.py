@@ -16,9 +16,9 @@ from transformers import TrainerCallback
 
 from workbench import tracking
 from workbench.config import RunConfig
-from workbench.evaluation import evaluate
-from workbench.models import build_prompt, is_micro
-from workbench.rewards import RewardPool, score_answer
+from workbench.train.evaluation import evaluate
+from workbench.models.policy import build_prompt, is_micro
+from workbench.tasks.rewards import RewardPool, score_answer
 from workbench.rollout.hf import HFBackend
 from workbench.tasks.benchmarks import load_benchmark
 

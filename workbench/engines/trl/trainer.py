@@ -1,7 +1,7 @@
 """TRL's `GRPOTrainer` with the workbench's objectives as its loss and our regime metrics.
 
 The per-token loss, its aggregation and the regime statistics all come from
-`workbench.objectives` (the same functions the local trainer calls); TRL keeps generation,
+`workbench.core.objectives` (the same functions the local trainer calls); TRL keeps generation,
 rewards, advantages, batching, the optimizer and distribution.
 
 Where this departs from TRL's own `_compute_loss`, and why:
@@ -29,7 +29,7 @@ from trl import GRPOTrainer
 
 from workbench.engines.trl.settings import computes_old_logps
 from workbench.names import ENTROPY_MEAN, LOSS_POLICY
-from workbench.objectives import aggregate, get_spec
+from workbench.core.objectives import aggregate, get_spec
 
 
 class MissingOldLogps(RuntimeError):

@@ -19,8 +19,8 @@ from workbench.engines.trl.data import MathReward, OverlongPenalty, build_datase
 from workbench.engines.trl.evaluation import HeldOutEval
 from workbench.engines.trl.settings import grpo_kwargs
 from workbench.engines.trl.trainer import WorkbenchGRPOTrainer
-from workbench.models import is_micro
-from workbench.sft import warm_start
+from workbench.models.policy import is_micro
+from workbench.train.sft import warm_start
 
 
 def run(cfg: RunConfig, *, run_id: str, tracking_uri: str | None, output_dir: str,

@@ -23,7 +23,7 @@ TARGET = f"{__name__}.WorkbenchPolicyLossConfig"
 
 @dataclass
 class WorkbenchPolicyLossConfig(PolicyLossConfig):
-    """verl's policy-loss config plus DISPO's bounds (offsets from 1, as `workbench.objectives.DispoParams`)."""
+    """verl's policy-loss config plus DISPO's bounds (offsets from 1, as `workbench.core.objectives.DispoParams`)."""
 
     eps_pos_up: float = 0.2  # correct responses, r >= 1: w <= 1 + eps_pos_up (inf: off)
     eps_pos_down: float = 0.2  # correct responses, r < 1: w >= 1 - eps_pos_down (>= 1: off)

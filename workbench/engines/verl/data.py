@@ -21,7 +21,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from workbench.config import RunConfig
-from workbench.models import INSTRUCTION, is_micro
+from workbench.models.policy import INSTRUCTION, is_micro
 from workbench.tasks.benchmarks import load_benchmark
 from workbench.tasks.micro import build_task
 
@@ -66,7 +66,7 @@ def export_model(cfg: RunConfig, out_dir: str | Path) -> str:
     warm start when `sft.enabled`) saved to `out_dir` with the plain chat template."""
     if not is_micro(cfg.model.name):
         return cfg.model.name
-    from workbench.sft import warm_start
+    from workbench.train.sft import warm_start
 
     model, tokenizer, _ = warm_start(cfg, log=lambda line: None)
     tokenizer.chat_template = PLAIN_TEMPLATE

@@ -39,7 +39,7 @@ from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError
 from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, FAILED, FINISHED, KILLED, KIND_TRAIN, STOPPED, TAG_COLLAPSE,
                              TAG_COLLAPSE_STEP, TAG_KIND)
-from workbench.results import RunResult
+from workbench.train.results import RunResult
 
 LOSS_AGG = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
             "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
@@ -60,7 +60,7 @@ def _value(v: Any) -> str:
 
 def max_prompt_length(cfg: RunConfig, max_prompt_chars: int | None = None) -> int:
     """verl's `data.max_prompt_length`: micro models read one token per character plus <bos>."""
-    from workbench.models import is_micro
+    from workbench.models.policy import is_micro
 
     if is_micro(cfg.model.name):
         chars = max_prompt_chars or cfg.task.max_terms * (cfg.task.digits + 1)
@@ -71,7 +71,7 @@ def max_prompt_length(cfg: RunConfig, max_prompt_chars: int | None = None) -> in
 def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, val_file: str | Path,
                    prompt_length: int, reward_file: str | Path = REWARD_FILE) -> list[str]:
     """verl's Hydra overrides for one run config (`python -m verl.trainer.main_ppo <these>`)."""
-    from workbench.objectives import ClipParams, get_spec
+    from workbench.core.objectives import ClipParams, get_spec
 
     if cfg.rollout.prompts_per_step % cfg.minibatches:
         raise UserError(f"engine verl splits a rollout batch by prompts: rollout.prompts_per_step "
@@ -201,7 +201,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
           extra_tags: dict[str, str] | None = None, on_eval: Callable[[int, dict[str, float]], bool] | None = None,
           engine_args: list[str] | tuple[str, ...] = (), echo: Callable[[str], None] = print,
           **_: Any) -> RunResult:
-    """One verl run as a RunResult, like `workbench.trainer.train` (sweeps call this per seed)."""
+    """One verl run as a RunResult, like `workbench.train.trainer.train` (sweeps call this per seed)."""
     from workbench import tracking
 
     check_available()
@@ -243,7 +243,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
 
 
 def _micro(cfg: RunConfig) -> bool:
-    from workbench.models import is_micro
+    from workbench.models.policy import is_micro
 
     return is_micro(cfg.model.name)
 
@@ -260,7 +260,7 @@ class _Follower:
     def poll(self) -> bool:
         """Translate new steps; True when on_eval asked to stop or a collapse should stop the run."""
         from workbench import tracking
-        from workbench.collapse import SIGNALS, detect_collapse
+        from workbench.metrics.collapse import SIGNALS, detect_collapse
         from workbench.engines.verl.keys import translate_history
 
         keys = [k for k in tracking.metric_keys(self.run_id, self.uri) if not _is_ours(k)]

@@ -1,13 +1,13 @@
 """The workbench's objectives as verl policy losses: `wb_<objective>` in verl's registry.
 
 Each loss takes verl's signature (tensors (B, T): old_log_prob, log_prob, advantages,
-response_mask), computes the per-token loss with `workbench.objectives` (no second
+response_mask), computes the per-token loss with `workbench.core.objectives` (no second
 implementation), multiplies verl's rollout-correction weights in as verl's built-ins do, and
 aggregates with verl's own `agg_loss` and `config.global_batch_info`, so `token-mean` etc. mean
 what verl means across micro-batches and data-parallel ranks.
 
 Metrics: verl averages each returned metric over micro-batches and ranks with equal weight.
-The losses therefore return the sums and counts of `workbench.regime_sums` under
+The losses therefore return the sums and counts of `workbench.core.regime_sums` under
 `actor/wb/...`; `workbench.engines.verl.keys` divides them after that averaging, which gives
 token-weighted regime statistics (tests/test_verl_metrics.py shows it through verl's reduction).
 """
@@ -20,8 +20,8 @@ import torch
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register_policy_loss
 
 from workbench.engines.verl.keys import METRIC_PREFIX
-from workbench.objectives import ClipParams, DispoParams, get_spec, list_objectives, objective_terms
-from workbench.regime_sums import regime_sums
+from workbench.core.objectives import ClipParams, DispoParams, get_spec, list_objectives, objective_terms
+from workbench.core.regime_sums import regime_sums
 
 PREFIX = "wb_"
 

@@ -6,7 +6,7 @@ its reward workers; the score is the local trainer's (1 correct, 0 wrong or no a
 
 from __future__ import annotations
 
-from workbench.rewards import score_answer
+from workbench.tasks.rewards import score_answer
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:

@@ -1,0 +1,4 @@
+"""`python -m workbench.cli` is `dispo-wb`."""
+from workbench.cli.app import app
+
+app()

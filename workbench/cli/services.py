@@ -1,0 +1,73 @@
+"""`dispo-wb services up|down|status`: the local PostgreSQL + MLflow server stack (workbench.services.stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.common import fail
+from workbench.errors import UserError
+
+services_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                           help="Local PostgreSQL (Optuna storage, MLflow backend) and `mlflow server` for many-worker sweeps.")
+DirOpt = Annotated[Path, typer.Option("--dir", help="where the stack keeps its data, password file and logs")]
+
+
+def _print_urls(stack) -> None:
+    env = stack.folder / "services.env"
+    typer.echo(f"Optuna storage:  {stack.storage_url}")
+    typer.echo(f"MLflow server:   {stack.tracking_uri}  (UI and tracking URI)")
+    typer.echo(f"password file:   {stack.pgpass}  (mode 0600; libpq reads it through PGPASSFILE)")
+    typer.echo(f"use them with:   source {env}")
+    typer.echo(f"  dispo-wb sweep STUDY.yaml --storage {stack.storage_url} --tracking-uri {stack.tracking_uri}")
+
+
+@services_app.command("up")
+def up_cmd(
+    dir: DirOpt = Path(".services"),
+    host: Annotated[str, typer.Option(help="interface both services listen on; loopback keeps them private")] = "127.0.0.1",
+    pg_port: Annotated[int, typer.Option(min=1, max=65535, help="PostgreSQL port")] = 5433,
+    mlflow_port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow server port")] = 5005,
+) -> None:
+    """Start PostgreSQL and the MLflow server (created on first use) and print the two URLs."""
+    from workbench.services import stack as services
+
+    try:
+        stack = services.up(dir, host, pg_port, mlflow_port)
+    except UserError as e:
+        fail(str(e))
+    _print_urls(stack)
+
+
+@services_app.command("down")
+def down_cmd(dir: DirOpt = Path(".services")) -> None:
+    """Stop the MLflow server and PostgreSQL; the data stays for the next `up`."""
+    from workbench.services import stack as services
+
+    try:
+        services.down(dir)
+    except UserError as e:
+        fail(str(e))
+    typer.echo(f"stopped the stack in {dir}")
+
+
+@services_app.command("status")
+def status_cmd(dir: DirOpt = Path(".services")) -> None:
+    """Whether each service answers; exit 1 when one does not."""
+    from workbench.services import stack as services
+
+    try:
+        state = services.status(dir)
+        stack = services.Stack.load(dir)
+    except UserError as e:
+        fail(str(e))
+    for name, url in (("postgresql", stack.storage_url), ("mlflow", stack.tracking_uri)):
+        typer.echo(f"{name:<11} {'up' if state[name] else 'down':<5} {url}")
+    if not all(state.values()):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(services_app, name="services")

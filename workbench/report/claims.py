@@ -1,0 +1,139 @@
+"""The claims section of a study report: per-seed measures read off stored runs, then verdicts.
+
+Everything comes from the MLflow runs of the study: the claims the study declared (the
+parent run's `dispo.claims` tag, written when the sweep started), each seed run's arm
+(`dispo.arm`) and seed (`dispo.seed`), its collapse tag and its metric series. Anyone with the
+store can recompute the table.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from statistics import fmean, median
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from workbench.sweep.claims import RULE, ClaimResult, ClaimSpec, judge
+from workbench.names import ENTROPY_MEAN, FINISHED, RATIO_ABS_DEV, REGIMES, TAG_ARM, TAG_COLLAPSE, TAG_SEED, regime_key
+from workbench.report.runs import accuracy_key, curve, final_value
+from workbench.tracking import RunRecord
+
+
+
+class ArmRow(NamedTuple):
+    """How much the bounds bound in one arm: medians over steps, then means over seeds."""
+
+    arm: str
+    seeds: int
+    abs_dev: float  # ratio/abs_dev_mean
+    clip_frac: dict[str, float]  # regime -> regime/<r>/clip_frac
+    collapsed: int  # seeds flagged with any collapse kind
+
+
+class ClaimsInfo(NamedTuple):
+    results: list[ClaimResult]
+    arms: list[ArmRow]
+    accuracy_key: str | None
+
+
+def run_measure(run: RunRecord, measure: str, acc_key: str | None) -> float:
+    """One run's value of a claim measure (see `workbench.sweep.claims.MEASURES`); NaN when it cannot be read."""
+    if measure.startswith("collapse:"):
+        return float(run.tags.get(TAG_COLLAPSE) == measure.removeprefix("collapse:"))
+    if measure == "final_accuracy":
+        return final_value(run, acc_key)
+    if measure == "entropy_late":
+        c = curve(run, ENTROPY_MEAN)
+        if c is None:
+            return math.nan
+        late = c.values[c.steps > c.steps.max() * 2 / 3]
+        late = late[~np.isnan(late)]
+        return float(late.mean()) if len(late) else math.nan
+    raise ValueError(f"unknown measure {measure!r}")
+
+
+def measures_by_arm(runs: Sequence[RunRecord], measure: str, acc_key: str | None) -> dict[str, dict[int, float]]:
+    """arm -> seed -> measure, over runs that carry both tags; finished runs only."""
+    out: dict[str, dict[int, float]] = {}
+    for run in runs:
+        arm, seed = run.tags.get(TAG_ARM), run.tags.get(TAG_SEED)
+        if arm is None or seed is None or run.status != FINISHED:
+            continue
+        out.setdefault(arm, {})[int(seed)] = run_measure(run, measure, acc_key)
+    return out
+
+
+def _median_metric(run: RunRecord, key: str) -> float:
+    c = curve(run, key)
+    ok = c.values[~np.isnan(c.values)] if c is not None else np.array([])
+    return float(median(ok)) if len(ok) else math.nan
+
+
+def _nanmean(xs: list[float]) -> float:
+    ok = [x for x in xs if not math.isnan(x)]
+    return fmean(ok) if ok else math.nan
+
+
+def arm_rows(runs: Sequence[RunRecord]) -> list[ArmRow]:
+    by_arm: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        if run.tags.get(TAG_ARM) is not None:
+            by_arm.setdefault(run.tags[TAG_ARM], []).append(run)
+    return [ArmRow(arm, len(rs), _nanmean([_median_metric(r, RATIO_ABS_DEV) for r in rs]),
+                   {g: _nanmean([_median_metric(r, regime_key(g, "clip_frac")) for r in rs]) for g in REGIMES},
+                   sum(r.tags.get(TAG_COLLAPSE) not in (None, "none") for r in rs))
+            for arm, rs in by_arm.items()]
+
+
+def get_claims_info(runs: Sequence[RunRecord], claims: Sequence[ClaimSpec]) -> ClaimsInfo:
+    acc = accuracy_key(runs)
+    results = [judge(c, measures_by_arm(runs, c.measure, acc)) for c in claims]
+    return ClaimsInfo(results, arm_rows(runs), acc)
+
+
+def claims_frame(info: ClaimsInfo) -> pd.DataFrame:
+    """One row per claim link (a claim of k arms has k - 1 links), the claim's verdict on each."""
+    rows = []
+    for res in info.results:
+        for link in res.links:
+            rows.append({"claim": res.claim.id, "text": res.claim.text, "measure": res.claim.measure,
+                         "comparison": f"{link.first} {'>' if res.claim.expect == 'higher' else '<'} {link.second}",
+                         "paired_seeds": link.n, "effect": link.effect, "ci_low": link.low, "ci_high": link.high,
+                         "seeds_agree": link.agree, "link_verdict": link.verdict, "verdict": res.verdict})
+    return pd.DataFrame(rows, columns=["claim", "text", "measure", "comparison", "paired_seeds", "effect", "ci_low",
+                                       "ci_high", "seeds_agree", "link_verdict", "verdict"])
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:+.3f}"
+
+
+def claims_html(info: ClaimsInfo) -> str:
+    """The claims table, the rule that gave the verdicts and the arms' binding, as an HTML fragment."""
+    out = ["<table class='summary'><tr><th>claim</th><th>comparison</th><th>measure</th><th>effect [95% CI]</th>"
+           "<th>seeds agree</th><th>verdict</th></tr>"]
+    for res in info.results:
+        for i, link in enumerate(res.links):
+            sign = ">" if res.claim.expect == "higher" else "<"
+            head = (f"<td rowspan={len(res.links)}><b>{html.escape(res.claim.id)}</b><br>{html.escape(res.claim.text)}</td>"
+                    if i == 0 else "")
+            verdict = f"<td rowspan={len(res.links)}><b>{res.verdict}</b></td>" if i == 0 else ""
+            out.append(f"<tr>{head}<td>{html.escape(link.first)} {sign} {html.escape(link.second)}</td>"
+                       f"<td>{html.escape(res.claim.measure)}</td>"
+                       f"<td>{_fmt(link.effect)} [{_fmt(link.low)}, {_fmt(link.high)}]</td>"
+                       f"<td>{link.agree}/{link.n}</td>{verdict}</tr>")
+    out.append("</table>")
+    out.append(f"<p class='note'>{html.escape(RULE)} Accuracy is {html.escape(info.accuracy_key or 'not logged')}.</p>")
+    out.append("<table class='summary'><tr><th>arm</th><th>seeds</th><th>median |r - 1|</th>"
+               + "".join(f"<th>clip_frac {g}</th>" for g in REGIMES) + "<th>collapsed</th></tr>")
+    for row in info.arms:
+        cells = "".join(f"<td>{'n/a' if math.isnan(row.clip_frac[g]) else f'{row.clip_frac[g]:.3f}'}</td>" for g in REGIMES)
+        dev = "n/a" if math.isnan(row.abs_dev) else f"{row.abs_dev:.3f}"
+        out.append(f"<tr><td>{html.escape(row.arm)}</td><td>{row.seeds}</td><td>{dev}</td>{cells}"
+                   f"<td>{row.collapsed}/{row.seeds}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)

@@ -1,1 +1,0 @@
-"""Figures of `dispo-wb report`; workbench/report.py assembles them into the page."""

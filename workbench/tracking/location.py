@@ -1,0 +1,88 @@
+"""Where the MLflow store lives, checked before anything is written, and its first use serialised.
+
+No mlflow import: the CLI refuses a store it cannot write (a folder that is a file, a folder it may
+not write) before a run is opened, and `tracking.store` holds `first_use_lock` while MLflow opens a
+SQLite store, because MLflow creates a new store's schema with migrations that two processes
+must not run at once (`duplicate column name`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from workbench.errors import UserError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_SQLITE = "sqlite:///"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Explicit URI, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory.
+
+    A password in the URI moves into MLflow's environment variables (workbench.services.credentials).
+    """
+    from workbench.services.credentials import take_password
+
+    return take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI (absolute with four slashes); None for other stores."""
+    if not uri.startswith(_SQLITE):
+        return None
+    return Path(uri[len(_SQLITE):].split("?", 1)[0])
+
+
+def check_writable_store(uri: str | None, flag: str = "--tracking-uri") -> str:
+    """The resolved URI, or a UserError naming what is wrong; checked before a run is opened.
+
+    A SQLite store must be a writable file, or one that can be created in an existing, writable
+    folder (MLflow creates the file, not its folder). Other stores are left to MLflow.
+    """
+    resolved = resolve_tracking_uri(uri)
+    path = sqlite_path(resolved)
+    if path is None:
+        return resolved
+    if path.exists():
+        if not path.is_file():
+            raise UserError(f"{flag}: {path} is not a file; a SQLite store is a file (sqlite:///PATH/mlflow.db)")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise UserError(f"{flag}: {path} is not writable; give a store file this user can write")
+        return resolved
+    folder = path.parent
+    if not folder.exists():
+        blocker = next((p for p in folder.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UserError(f"{flag}: {blocker} is a file, not a folder, so {path} cannot be created; "
+                            "give a path in an existing folder")
+        raise UserError(f"{flag}: folder {folder} does not exist; create it or give a path in an existing folder")
+    if not folder.is_dir():
+        raise UserError(f"{flag}: {folder} is a file, not a folder, so {path} cannot be created; "
+                        "give a path in an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: folder {folder} is not writable; give a store in a folder this user can write")
+    return resolved
+
+
+@contextmanager
+def first_use_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on `<db>.lock` while a SQLite store is opened (and, if new, created).
+
+    Held for the store's opening only: MLflow's schema check and migrations run then. Other
+    stores (servers, file stores) need none: a no-op. A folder that does not exist yet gets
+    no lock either; opening the store then fails with MLflow's own message.
+    """
+    path = sqlite_path(uri)
+    if path is None or not path.parent.is_dir() or path.name == ":memory:":
+        yield
+        return
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
