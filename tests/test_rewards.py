@@ -128,8 +128,9 @@ def test_adversarial_answers_are_bounded_and_counted():
 
         # One worker meets both hangs in turn: each is tried twice, each try may use the full limit,
         # and each of the four replacements warms up before it takes an answer. Unbounded, either
-        # hang runs for minutes.
-        assert elapsed < 4 * (LIMIT_S + warm_up_s) + SLACK_S, (elapsed, warm_up_s)
+        # hang runs for minutes; the bound is twice the expected cost, as a loaded machine's
+        # warm-ups vary from one replacement to the next (16 s against an estimate of 15 s seen).
+        assert elapsed < 2 * 4 * (LIMIT_S + warm_up_s) + SLACK_S, (elapsed, warm_up_s)
         assert result.timed_out == [False, True, True, False, False]
         assert result.rewards == [1.0, 0.0, 0.0, 0.0, 1.0]
         assert result.metrics() == {"reward/timeout_frac": 2 / 5, "reward/crash_frac": 0.0}
