@@ -15,7 +15,6 @@ import urllib.request
 import numpy as np
 import optuna
 import pytest
-import typer
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from typer.testing import CliRunner
@@ -25,7 +24,7 @@ from workbench import tracking
 from workbench.report import page as report
 from workbench.tracking import histories
 from workbench.tracking.store import reading_client
-from workbench.cli.report import register
+from workbench.cli.app import app as dispo_wb
 from workbench.metrics.collapse import BASELINE_STEPS
 from workbench.errors import UserError
 from workbench.names import REGIMES
@@ -362,9 +361,7 @@ def test_png_failure_becomes_a_note(monkeypatch):
 
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer()
-    register(app)
-    return app
+    return dispo_wb
 
 
 def test_cli_report_prints_the_path_and_user_errors_exit_2(store, cli, tmp_path):
