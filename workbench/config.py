@@ -169,7 +169,7 @@ class CollapseConfig(Strict):
 
 
 class RunConfig(Strict):
-    engine: Literal["local", "verl", "trl"] = Field("local", description="local: the workbench trainer; verl, trl: that engine runs the objective (workbench.engines)")
+    engine: Literal[declared.ENGINES] = Field("local", description="local: the workbench trainer; verl, trl: that engine runs the objective (workbench.engines)")
     experiment: str = Field("dispo-wb", min_length=1, pattern=r"\S", description="MLflow experiment (not blank)")
     run_name: str | None = Field(None, description="MLflow run name; default <objective>-<model>-s<seed>")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds sampling, data order and initialisation")

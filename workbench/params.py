@@ -12,6 +12,23 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from workbench.names import REGIMES
+
+# Where a run trains: the workbench's own trainer, or an engine that runs its objectives (workbench.engines).
+ENGINES: tuple[str, ...] = ("local", "verl", "trl")
+
+# DISPO's four bounds, one per regime: eps_pos_up, eps_pos_down, eps_neg_up, eps_neg_down.
+DISPO_BOUNDS: tuple[str, ...] = tuple(f"eps_{regime}" for regime in REGIMES)
+# Bounds below 1 (w >= 1 - eps); the others are upper bounds (w <= 1 + eps).
+LOWER_BOUNDS: frozenset[str] = frozenset({"eps_pos_down", "eps_neg_down", "eps_low"})
+
+
+def bound_off(name: str, offset):
+    """Whether bound `name` at `offset` is switched off: a lower bound at offset >= 1 (1 - eps <= 0
+    lets every ratio through), an upper bound at inf. Elementwise on numpy arrays; NaN is not off."""
+    return offset >= 1 if name in LOWER_BOUNDS else offset == math.inf
+
+
 AGGREGATIONS: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 

@@ -17,6 +17,7 @@ import typer
 from workbench.cli.common import Command, Group, Storage, TrackingUri, fail, fail_user
 from workbench.config import DEFAULT_TRACKING_URI, ConfigError
 from workbench.errors import UserError
+from workbench.params import bound_off
 
 if TYPE_CHECKING:
     from workbench.train.results import TrainFn
@@ -151,12 +152,11 @@ def _direction_header(label: str) -> str:
 
 
 def _fmt(v: Any, name: str = "") -> str:
-    """A value as the report prints it: a switched-off bound (inf, or >= 1 for a lower `*_down` bound) is `off`."""
+    """A value as the report prints it: a switched-off bound (`workbench.params.bound_off`) is `off`."""
     if v is None:
         return ""
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and name.startswith("eps_"):
-        if math.isinf(v) or (name.endswith("_down") and v >= 1):
-            return "off"
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and name.startswith("eps_") and bound_off(name, v):
+        return "off"
     if isinstance(v, float):
         return "inf" if math.isinf(v) else f"{v:.4g}"
     return str(v)

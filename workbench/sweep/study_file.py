@@ -41,17 +41,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workbench.sweep.claims import ClaimSpec, check_claims
 from workbench.config import ConfigError, RunConfig, build_run_config, format_validation_error, read_yaml
+from workbench.params import DISPO_BOUNDS
 
-BOUNDS = ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down")
 SHORT_NAMES: dict[str, str] = {
-    **{b: f"objective.params.{b}" for b in BOUNDS},
+    **{b: f"objective.params.{b}" for b in DISPO_BOUNDS},
     "objective": "objective.name",
     "lr": "lr",
     "updates_per_rollout": "updates_per_rollout",
     "rollout_lag": "rollout_lag",
 }
 ARM = "arm"
-SAMPLERS = ("grid", "random", "tpe", "gp")
 _MAX_GRID_CHECK = 4096  # combinations validated one by one; beyond that only each value alone
 
 
