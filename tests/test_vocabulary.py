@@ -107,3 +107,25 @@ def test_metric_keys_are_spelled_only_in_names():
 def test_bound_names_and_engines_are_listed_only_in_params():
     found = _found(spelled_lists, {"params.py"})
     assert not found, "import DISPO_BOUNDS or ENGINES from workbench.params: " + "; ".join(found)
+
+
+def test_dispo_bounds_are_dispo_params_fields_one_per_regime():
+    from dataclasses import fields
+
+    from workbench.names import REGIMES
+    from workbench.params import DISPO_BOUNDS, DispoParams
+
+    assert DISPO_BOUNDS == tuple(f.name for f in fields(DispoParams) if f.name != "mask_mode")
+    assert len(DISPO_BOUNDS) == len(REGIMES)
+
+
+def test_objectives_are_declared_in_params_and_registered_as_declared():
+    from workbench.core.objectives import get_spec, list_objectives
+    from workbench.params import objective_names, objective_params
+
+    assert list_objectives() == objective_names()
+    for name in objective_names():
+        spec, declared = get_spec(name), objective_params(name)
+        assert (spec.params_cls, spec.aggregation, spec.default_params, spec.paper) == (
+            declared.params_cls, declared.aggregation, declared.default_params, declared.paper), name
+        assert "arXiv" in spec.paper, name
