@@ -104,9 +104,24 @@ def test_metric_keys_are_spelled_only_in_names():
     assert not found, "spell these metric keys through workbench.names: " + "; ".join(found)
 
 
+def spelled_off_rules(source: str) -> list[tuple[int, str]]:
+    """(line, code) of each test of a bound's kind by its name's end, `name.endswith("_down")`: the rule
+    for when a bound is off is `workbench.params.bound_off`."""
+    return [(n.lineno, ast.unparse(n)) for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "endswith"
+            and any(isinstance(a, ast.Constant) and a.value in ("down", "_down", "up", "_up") for a in n.args)]
+
+
 def test_bound_names_and_engines_are_listed_only_in_params():
     found = _found(spelled_lists, {"params.py"})
     assert not found, "import DISPO_BOUNDS or ENGINES from workbench.params: " + "; ".join(found)
+
+
+def test_the_bound_off_rule_lives_only_in_params():
+    assert spelled_off_rules('if name.endswith("_down") and v >= 1:\n    pass\nx = s.endswith(".db")\n') == [
+        (1, "name.endswith('_down')")]
+    found = _found(spelled_off_rules, {"params.py"})
+    assert not found, "use workbench.params.bound_off: " + "; ".join(found)
 
 
 def test_dispo_bounds_are_dispo_params_fields_one_per_regime():

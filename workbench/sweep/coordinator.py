@@ -24,7 +24,8 @@ from workbench.names import (BEST_TRIAL, BEST_VALUE, FAILED, FINISHED, KILLED, T
 from workbench.train.results import TrainFn
 from workbench.sweep.study_file import Study
 from workbench.sweep.status import DONE, counts as state_counts
-from workbench.sweep.storage import exclusive, open_study, recover, redact, storage_url
+from workbench.services.credentials import redact
+from workbench.sweep.storage import exclusive, open_study, recover, storage_url
 from workbench.sweep.workers import WorkerSpec, run_workers
 from workbench.sweep.trial import train_locally
 
