@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
 from workbench.cli.common import Command, Group, Storage, TrackingUri, fail, fail_user
 from workbench.config import DEFAULT_TRACKING_URI, ConfigError
 from workbench.errors import UserError
