@@ -3,7 +3,7 @@
     python benchmarks/cli_refuse.py                  # this checkout
     python benchmarks/cli_refuse.py --src /tmp/old   # another source tree (e.g. `git archive main`), same venv
 
-Each of the ten inputs runs in a fresh interpreter (`python -m workbench.cli.app train ...`) in a
+Each of the ten inputs runs in a fresh interpreter (`python -m workbench.cli train ...`) in a
 temporary folder; the script checks that each one ended with exit code 2 and wrote no store,
 and prints the median of `--repeat` rounds per input and the median over all runs: wall time,
 and the refusing process's CPU time (user + sys), which the machine's load inflates far less.

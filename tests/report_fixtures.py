@@ -20,7 +20,8 @@ from mlflow.entities import Metric, Param, RunTag
 from workbench.metrics.collapse import detect_collapse
 from workbench.config import CollapseConfig
 from workbench.names import REGIMES
-from workbench.sweep.study_file import BOUNDS, parse_direction
+from workbench.params import DISPO_BOUNDS as BOUNDS
+from workbench.sweep.study_file import parse_direction
 MAX_LEN = 48
 
 

@@ -78,7 +78,7 @@ def test_the_report_calls_it_collapsed_and_shows_each_criterion(logged, tmp_path
     uri, run_id = logged
     found = tracking.resolve_target(run_id, uri)
     tracking.load_histories(found.runs, uri)
-    (row,) = report._get_summary_info(found, "eval/micro/accuracy").rows
+    (row,) = report.summary_info(found, "eval/micro/accuracy").rows
     assert row.collapse == "accuracy at step 6"
     assert [(c.kind, c.state, c.onset_step) for c in row.criteria] == [
         ("repetition", "collapsed", 16), ("length", "ok", None), ("runaway", "collapsed", 15),

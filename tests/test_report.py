@@ -15,7 +15,6 @@ import urllib.request
 import numpy as np
 import optuna
 import pytest
-import typer
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from typer.testing import CliRunner
@@ -25,7 +24,7 @@ from workbench import tracking
 from workbench.report import page as report
 from workbench.tracking import histories
 from workbench.tracking.store import reading_client
-from workbench.cli.report import register
+from workbench.cli.app import app as dispo_wb
 from workbench.metrics.collapse import BASELINE_STEPS
 from workbench.errors import UserError
 from workbench.names import REGIMES
@@ -115,7 +114,7 @@ def test_a_step_logged_twice_keeps_the_later_value_and_nan_survives(store):
 
 def test_exploration_info_has_every_regime_over_every_step(store):
     run = _one(store, "normal-run")
-    info = curves._get_exploration_info([run], "eval/micro/accuracy")
+    info = curves.exploration_info([run], "eval/micro/accuracy")
     assert info.rows[0].labels == ("all tokens", *REGIMES)
     assert [r.keys for r in info.rows[1:]] == [tuple(f"regime/{g}/{m}" for g in REGIMES)
                                                for m in ("clip_frac", "token_frac")]
@@ -128,7 +127,7 @@ def test_exploration_info_has_every_regime_over_every_step(store):
 @pytest.mark.parametrize("name,kind,onset", [("rep-run", "repetition", 20), ("len-run", "length", 25)])
 def test_collapse_onset_and_kind_come_from_the_run(store, name, kind, onset):
     run = _one(store, name)
-    info = curves._get_collapse_info([run], "eval/micro/accuracy")
+    info = curves.collapse_info([run], "eval/micro/accuracy")
     assert info.runs[0].marker == Marker(kind, onset, "run tag")
     # Without the tag the stored series give the same verdict.
     untagged = dataclasses.replace(run, tags={k: v for k, v in run.tags.items() if not k.startswith("collapse")})
@@ -140,18 +139,18 @@ def test_collapse_onset_and_kind_come_from_the_run(store, name, kind, onset):
 
 
 def test_a_healthy_run_has_no_collapse_marker(store):
-    info = curves._get_collapse_info([_one(store, "normal-run")], None)
+    info = curves.collapse_info([_one(store, "normal-run")], None)
     assert info.runs[0].marker is None and len(info.runs[0].curves["response/repetition_rate"].steps) == 40
 
 
 def test_a_run_without_regime_metrics_reports_what_it_has(store):
     run = _one(store, "other-tool")
-    info = curves._get_exploration_info([run], "eval/micro/accuracy")
+    info = curves.exploration_info([run], "eval/micro/accuracy")
     assert info.runs[0].curves == {} and "entropy/mean" in info.missing and "regime/pos_up/clip_frac" in info.missing
-    collapse = curves._get_collapse_info([run], None)
+    collapse = curves.collapse_info([run], None)
     assert set(collapse.runs[0].curves) == {"response/length_mean", "response/length_correct", "response/length_incorrect"}
     assert collapse.missing == ("response/repetition_rate", "response/truncated_frac")
-    learning = curves._get_learning_info([run], "eval/micro/accuracy")
+    learning = curves.learning_info([run], "eval/micro/accuracy")
     # The fixtures' reward is their train accuracy (0/1 rewards, nothing shaped): one panel for both.
     assert learning.keys == ("train/accuracy", "eval/micro/accuracy", "eval/micro/pass_at_4")
 
@@ -163,7 +162,7 @@ def test_steps_without_regime_statistics_are_counted_and_noted(store, tmp_path):
     late = int(time.time() * 1000) + 10_000  # logged again later: these values replace the first ones
     keys = [k for k in series(FakeRun("x", steps=10)) if k.startswith("regime/")]
     client.log_batch(rid, metrics=[Metric(k, math.nan, late, s) for k in keys for s in (3, 4)])
-    info = curves._get_exploration_info([_one(store, rid)], None)
+    info = curves.exploration_info([_one(store, rid)], None)
     assert info.undefined == {k: pytest.approx(0.2) for k in keys if k in info.undefined} and len(info.undefined) == 12
     page = report.make_report(rid, tracking_uri=store.uri, out_dir=tmp_path, png=False, log_artifact=False).read_text()
     assert "regime statistics are undefined (NaN) at 20% of the logged steps" in page
@@ -171,7 +170,7 @@ def test_steps_without_regime_statistics_are_counted_and_noted(store, tmp_path):
 
 def test_learning_bands_span_the_seeds_of_each_trial(store):
     study = _runs(store, "clip-mini")
-    info = curves._get_learning_info(study.runs, "eval/micro/accuracy")
+    info = curves.learning_info(study.runs, "eval/micro/accuracy")
     assert len(info.groups) == len(store.study.trial_runs) and info.shown == curves.TOP_GROUPS
     assert {g.run_ids for g in info.groups} == {tuple(ids) for ids in store.study.trial_runs.values()}
     finals = [g.final for g in info.groups]
@@ -197,7 +196,7 @@ def test_runs_differing_only_in_seed_form_one_group(store):
 
 def test_pair_heatmap_means_and_collapse_marks(store):
     study = _runs(store, "clip-mini")
-    info = clip_space._get_pair_info(study.runs, "eval/micro/accuracy")
+    info = clip_space.pair_info(study.runs, "eval/micro/accuracy")
     assert [(g.x, g.y) for g in info.grids] == [("eps_pos_up", "eps_neg_up"), ("eps_pos_up", "eps_neg_down"),
                                                  ("eps_neg_up", "eps_neg_down")]
     g = info.grids[2]
@@ -211,7 +210,7 @@ def test_pair_heatmap_means_and_collapse_marks(store):
 
 def test_parallel_coordinates_cover_the_four_bounds_and_collapse(store):
     study = _runs(store, "clip-mini")
-    info = clip_space._get_parallel_info(study.runs, "eval/micro/accuracy")
+    info = clip_space.parallel_info(study.runs, "eval/micro/accuracy")
     # pos_down is 0.2 in every trial: no axis for a bound that was never varied.
     assert [d.label for d in info.dims] == ["pos_up (log)", "neg_up (log)", "neg_down", "collapse"]
     assert info.dims[2].ticktext == ("0.05", "0.2", "off")
@@ -224,30 +223,30 @@ def test_parallel_coordinates_cover_the_four_bounds_and_collapse(store):
 
 def test_parallel_coordinates_leave_out_runs_of_unknown_objectives(store):
     exp = _runs(store, "dispo-wb")
-    info = clip_space._get_parallel_info(exp.runs, "eval/micro/accuracy")
+    info = clip_space.parallel_info(exp.runs, "eval/micro/accuracy")
     assert set(info.run_ids) == {r.run_id for r in exp.runs} - {store.runs["other-tool"]}
     assert all(not np.isnan(d.values).any() for d in info.dims)
-    assert clip_space._get_parallel_info([r for r in exp.runs if r.run_id == store.runs["normal-run"]], None) is None
+    assert clip_space.parallel_info([r for r in exp.runs if r.run_id == store.runs["normal-run"]], None) is None
 
 
 def test_importances_and_pareto_come_from_optuna(store):
     study, why = clip_space.open_study(store.study.storage_url, "clip-mini")
     assert why is None
-    imp = clip_space._get_importance_info(study)
+    imp = clip_space.importance_info(study)
     # Only complete trials count; the collapsed (eps_neg_up=0.01) ones were pruned, so neg_up does not vary.
     assert imp.n_trials == 9 and set(imp.importances) == {"eps_pos_up", "eps_neg_down", "eps_neg_up"}
     assert imp.importances["eps_neg_up"] == pytest.approx(0.0, abs=1e-9)
     assert sum(imp.importances.values()) == pytest.approx(1.0)
     multi, _ = clip_space.open_study(store.multi.storage_url, "multi")
-    assert clip_space._get_importance_info(multi).target == "maximize eval/micro/accuracy"
+    assert clip_space.importance_info(multi).target == "maximize eval/micro/accuracy"
     small = optuna.create_study()
     for x in range(3):
         small.add_trial(optuna.trial.create_trial(params={"a": x, "b": -x}, value=float(x), distributions={
             "a": optuna.distributions.IntDistribution(0, 5), "b": optuna.distributions.IntDistribution(-5, 0)}))
-    few = clip_space._get_importance_info(small)
+    few = clip_space.importance_info(small)
     assert few.importances == {} and few.reason == "needs 8 complete trials over at least two searched parameters (has 3 over 2)"
-    assert clip_space._get_pareto_info(study) is None
-    pareto = clip_space._get_pareto_info(multi)
+    assert clip_space.pareto_info(study) is None
+    pareto = clip_space.pareto_info(multi)
     assert pareto.names == ("maximize eval/micro/accuracy", "minimize collapse")
     acc, col = pareto.values[:, 0], pareto.values[:, 1]
     dominated = [any(acc[j] >= acc[i] and col[j] <= col[i] and (acc[j], col[j]) != (acc[i], col[i])
@@ -262,7 +261,7 @@ def test_missing_optuna_storage_becomes_a_note(tmp_path):
 
 def test_summary_rows(store):
     found = _runs(store, "dispo-wb")
-    info = report._get_summary_info(found, "eval/micro/accuracy")
+    info = report.summary_info(found, "eval/micro/accuracy")
     rows = {r.run_id: r for r in info.rows}
     assert len(rows) == len(found.runs)
     assert rows[store.runs["rep-run"]].collapse == "repetition at step 20"
@@ -273,7 +272,7 @@ def test_summary_rows(store):
     # Two studies in one experiment: trial numbers alone would be ambiguous.
     first = store.study.trial_runs[1][0]
     assert rows[first].label == "clip-mini trial 1 seed 0"
-    study_rows = report._get_summary_info(_runs(store, "clip-mini"), "eval/micro/accuracy").rows
+    study_rows = report.summary_info(_runs(store, "clip-mini"), "eval/micro/accuracy").rows
     assert {r.label for r in study_rows if r.run_id == first} == {"trial 1 seed 0"}
     finals = [r.final_acc for r in info.rows if not math.isnan(r.final_acc)]
     assert finals == sorted(finals, reverse=True)
@@ -362,9 +361,7 @@ def test_png_failure_becomes_a_note(monkeypatch):
 
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer()
-    register(app)
-    return app
+    return dispo_wb
 
 
 def test_cli_report_prints_the_path_and_user_errors_exit_2(store, cli, tmp_path):

@@ -128,7 +128,7 @@ def test_cli_bad_study_file_exits_2_one_line_per_error_and_touches_no_storage(tm
     monkeypatch.chdir(tmp_path)
     app = typer.Typer()
     app.command()(lambda: None)
-    cli_sweep.register(app)
+    app.add_typer(cli_sweep.app, name="sweep")
     path = write(tmp_path, with_(seeds=[1, 1], space={"eps_neg_up": [-1]}))
     result = CliRunner().invoke(app, ["sweep", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
     assert result.exit_code == 2

@@ -184,7 +184,7 @@ def test_cli_runs_a_study_by_default_and_shows_its_status(tmp_path, tracking_uri
 
     app = typer.Typer()
     app.command()(lambda: None)
-    cli_sweep.register(app)
+    app.add_typer(cli_sweep.app, name="sweep")
     path = write_study(tmp_path, "cli", {"eps_neg_up": [0.01, 0.3]})
     runner = CliRunner()
     ran = runner.invoke(app, ["sweep", str(path), "--tracking-uri", tracking_uri], obj=SweepHooks(train_fn=FAKE))

@@ -20,7 +20,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench import params as declared
+from workbench.errors import UserError
 from workbench.params import HUB_SETS, MICRO_MODELS
+
+# Where runs are logged when neither --tracking-uri nor MLFLOW_TRACKING_URI says.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 # Seeds reach random, numpy and torch; numpy's generators take at most 32 bits.
 MAX_SEED = 2**32 - 1
@@ -165,7 +169,7 @@ class CollapseConfig(Strict):
 
 
 class RunConfig(Strict):
-    engine: Literal["local", "verl", "trl"] = Field("local", description="local: the workbench trainer; verl, trl: that engine runs the objective (workbench.engines)")
+    engine: Literal[declared.ENGINES] = Field("local", description="local: the workbench trainer; verl, trl: that engine runs the objective (workbench.engines)")
     experiment: str = Field("dispo-wb", min_length=1, pattern=r"\S", description="MLflow experiment (not blank)")
     run_name: str | None = Field(None, description="MLflow run name; default <objective>-<model>-s<seed>")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds sampling, data order and initialisation")
@@ -214,12 +218,8 @@ class RunConfig(Strict):
         return f"{self.objective.name}-{Path(self.model.name).name}-s{self.seed}"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot be used; `lines` holds one message per problem, each naming its field."""
-
-    def __init__(self, lines: list[str]):
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:

@@ -1,3 +1,6 @@
+"""The workbench's one user-error type and the helpers that put an exception in one line."""
+
+
 def first_line(e: BaseException) -> str:
     """An exception's first message line (its type name when the message is empty), for one-line errors."""
     text = str(e).strip() or type(e).__name__
@@ -24,4 +27,15 @@ def disk_full(e: BaseException) -> bool:
 
 
 class UserError(ValueError):
-    """A problem with what the user asked for; the CLI prints it in one line and exits 2."""
+    """A problem with what the user asked for: the CLI prints one line per problem and exits 2.
+
+    `UserError("message")` is one problem; `UserError([line, ...])` several, each naming what is
+    wrong (a config's fields: `workbench.config.ConfigError`).
+    """
+
+    def __init__(self, problems: str | list[str]):
+        self.lines = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.lines))
+
+    def __reduce__(self):  # a trial's child process sends it back pickled: keep the lines, not their join
+        return type(self), (self.lines,)

@@ -59,6 +59,16 @@ UPDATE_TOKENS_PER_S = "perf/update_tokens_per_s"
 STEP_S = "perf/step_s"
 TRACKING_S = "perf/tracking_s"
 
+# What a sweep logs per trial and on its study's parent run.
+COLLAPSE_RATE = "collapse/rate"  # share of a trial's seeds that collapsed
+ENTROPY_RETENTION = "entropy/retention"
+BEST_PREFIX = "best/"  # best_key("eval/micro/accuracy"): the best evaluation over a run
+BEST_VALUE, BEST_TRIAL = "best/value", "best/trial"
+
+
+def best_key(key: str) -> str:
+    return f"{BEST_PREFIX}{key}"
+
 
 def phase_key(phase: str) -> str:
     """`perf/<phase>_s`: seconds a step spent in one phase (generate, reward, old_logp, update)."""
@@ -94,6 +104,7 @@ TAG_COLLAPSE = "collapse"
 TAG_COLLAPSE_STEP = "collapse_step"
 TAG_OPTUNA_STORAGE = "optuna.storage"
 TAG_OPTUNA_SAMPLER = "optuna.sampler"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3 opens an experiment without it in its GenAI view
 
 KIND_TRAIN, KIND_STUDY, KIND_TRIAL = "train", "study", "trial"
 

@@ -12,6 +12,23 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from workbench.names import REGIMES
+
+# Where a run trains: the workbench's own trainer, or an engine that runs its objectives (workbench.engines).
+ENGINES: tuple[str, ...] = ("local", "verl", "trl")
+
+# DISPO's four bounds, one per regime: eps_pos_up, eps_pos_down, eps_neg_up, eps_neg_down.
+DISPO_BOUNDS: tuple[str, ...] = tuple(f"eps_{regime}" for regime in REGIMES)
+# Bounds below 1 (w >= 1 - eps); the others are upper bounds (w <= 1 + eps).
+LOWER_BOUNDS: frozenset[str] = frozenset({"eps_pos_down", "eps_neg_down", "eps_low"})
+
+
+def bound_off(name: str, offset):
+    """Whether bound `name` at `offset` is switched off: a lower bound at offset >= 1 (1 - eps <= 0
+    lets every ratio through), an upper bound at inf. Elementwise on numpy arrays; NaN is not off."""
+    return offset >= 1 if name in LOWER_BOUNDS else offset == math.inf
+
+
 AGGREGATIONS: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
@@ -57,25 +74,29 @@ class DispoParams:
 
 @dataclass(frozen=True)
 class ObjectiveParams:
-    """What a config needs to know about an objective: its parameter class, defaults, aggregation."""
+    """An objective's declaration: its parameter class, aggregation, defaults and source paper."""
 
     params_cls: type
     aggregation: str
     defaults: dict[str, Any] = field(default_factory=dict)  # overrides of params_cls()'s fields
+    paper: str = ""  # name and arXiv id, shown by `dispo-wb objectives`
 
     @property
     def default_params(self) -> Any:
         return self.params_cls(**self.defaults)
 
 
-# The built-in objectives (their losses live in objectives.py; see its docstring for the defaults' sources).
+# The built-in objectives, declared here only: workbench.core.objectives registers a loss under
+# each name (see its docstring for the defaults' sources).
 _DECLARED: dict[str, ObjectiveParams] = {
-    "grpo": ObjectiveParams(ClipParams, "seq_mean_token_mean"),
-    "dr_grpo": ObjectiveParams(ClipParams, "seq_mean_token_sum_norm"),
-    "dapo": ObjectiveParams(ClipParams, "token_mean", {"eps_low": 0.2, "eps_high": 0.28}),
-    "cispo": ObjectiveParams(ClipParams, "token_mean", {"eps_low": 1.0, "eps_high": 0.28}),
-    "gspo": ObjectiveParams(ClipParams, "seq_mean_token_mean", {"eps_low": 3e-4, "eps_high": 4e-4}),
-    "dispo": ObjectiveParams(DispoParams, "token_mean"),
+    "grpo": ObjectiveParams(ClipParams, "seq_mean_token_mean", paper="DeepSeekMath (GRPO), arXiv 2402.03300"),
+    "dr_grpo": ObjectiveParams(ClipParams, "seq_mean_token_sum_norm", paper="Dr.GRPO, arXiv 2503.20783"),
+    "dapo": ObjectiveParams(ClipParams, "token_mean", {"eps_low": 0.2, "eps_high": 0.28}, paper="DAPO, arXiv 2503.14476"),
+    "cispo": ObjectiveParams(ClipParams, "token_mean", {"eps_low": 1.0, "eps_high": 0.28},
+                             paper="CISPO (MiniMax-M1), arXiv 2506.13585"),
+    "gspo": ObjectiveParams(ClipParams, "seq_mean_token_mean", {"eps_low": 3e-4, "eps_high": 4e-4},
+                            paper="GSPO, arXiv 2507.18071"),
+    "dispo": ObjectiveParams(DispoParams, "token_mean", paper="DISPO, arXiv 2602.00983"),
 }
 
 

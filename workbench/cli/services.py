@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.common import fail
+from workbench.cli.common import Command, Group, ServicesDir, fail
 from workbench.errors import UserError
 
-services_app = typer.Typer(no_args_is_help=True, add_completion=False,
+services_app = typer.Typer(cls=Group, no_args_is_help=True,
                            help="Local PostgreSQL (Optuna storage, MLflow backend) and `mlflow server` for many-worker sweeps.")
-DirOpt = Annotated[Path, typer.Option("--dir", help="where the stack keeps its data, password file and logs")]
 
 
 def _print_urls(stack) -> None:
@@ -24,9 +23,9 @@ def _print_urls(stack) -> None:
     typer.echo(f"  dispo-wb sweep STUDY.yaml --storage {stack.storage_url} --tracking-uri {stack.tracking_uri}")
 
 
-@services_app.command("up")
+@services_app.command("up", cls=Command)
 def up_cmd(
-    dir: DirOpt = Path(".services"),
+    dir: ServicesDir = Path(".services"),
     host: Annotated[str, typer.Option(help="interface both services listen on; loopback keeps them private")] = "127.0.0.1",
     pg_port: Annotated[int, typer.Option(min=1, max=65535, help="PostgreSQL port")] = 5433,
     mlflow_port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow server port")] = 5005,
@@ -41,8 +40,8 @@ def up_cmd(
     _print_urls(stack)
 
 
-@services_app.command("down")
-def down_cmd(dir: DirOpt = Path(".services")) -> None:
+@services_app.command("down", cls=Command)
+def down_cmd(dir: ServicesDir = Path(".services")) -> None:
     """Stop the MLflow server and PostgreSQL; the data stays for the next `up`."""
     from workbench.services import stack as services
 
@@ -53,8 +52,8 @@ def down_cmd(dir: DirOpt = Path(".services")) -> None:
     typer.echo(f"stopped the stack in {dir}")
 
 
-@services_app.command("status")
-def status_cmd(dir: DirOpt = Path(".services")) -> None:
+@services_app.command("status", cls=Command)
+def status_cmd(dir: ServicesDir = Path(".services")) -> None:
     """Whether each service answers; exit 1 when one does not."""
     from workbench.services import stack as services
 
@@ -67,7 +66,3 @@ def status_cmd(dir: DirOpt = Path(".services")) -> None:
         typer.echo(f"{name:<11} {'up' if state[name] else 'down':<5} {url}")
     if not all(state.values()):
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(services_app, name="services")

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
 
-from workbench.cli.common import fail
-from workbench.config import ConfigError
+from workbench.cli.common import Command, Group, Storage, TrackingUri, fail, fail_user
+from workbench.config import DEFAULT_TRACKING_URI, ConfigError
 from workbench.errors import UserError
+from workbench.params import bound_off
 
 if TYPE_CHECKING:
     from workbench.train.results import TrainFn
@@ -31,7 +31,7 @@ class SweepHooks:
     train_fn: TrainFn
 
 
-class _RunByDefault(TyperGroup):
+class _RunByDefault(Group):
     """`dispo-wb sweep FILE ...` means `dispo-wb sweep run FILE ...`."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
@@ -40,17 +40,17 @@ class _RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-sweep_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, add_completion=False,
-                        help="Optuna studies over the clip space: `dispo-wb sweep STUDY.yaml`, `dispo-wb sweep status STUDY`.")
+app = typer.Typer(cls=_RunByDefault, no_args_is_help=True,
+                  help="Optuna studies over the clip space: `dispo-wb sweep STUDY.yaml`, `dispo-wb sweep status STUDY`.")
 
 
-@sweep_app.command("run")
-def run_cmd(
+@app.command("run", cls=Command)
+def run(
     ctx: typer.Context,
     study: Annotated[Path, typer.Argument(help="study file (YAML), e.g. studies/clip_grid.yaml")],
     workers: Annotated[Optional[int], typer.Option(min=1, help="trials at once, as processes (default: the file's `workers`)")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: journal file path or database URL (postgresql://...)")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default sqlite:///mlflow.db)")] = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Run a study, or continue it: finished trials are kept, interrupted ones are run again."""
     from workbench.sweep.study_file import load_study_file
@@ -59,13 +59,13 @@ def run_cmd(
     try:
         spec = load_study_file(study)
     except ConfigError as e:
-        fail([f"{study}: {line}" for line in e.lines])
+        fail_user(e, prefix=f"{study}: ")
     try:
         hooks = ctx.find_object(SweepHooks)
         result = run_study(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, echo=typer.echo,
                            **({"train_fn": hooks.train_fn} if hooks else {}))
     except UserError as e:
-        fail(str(e))
+        fail_user(e)
     except KeyboardInterrupt:
         typer.echo("sweep interrupted; run the same command to continue it", err=True)
         raise typer.Exit(130)
@@ -82,10 +82,10 @@ def run_cmd(
               "run the same command again to retry them", code=1)
 
 
-@sweep_app.command("status")
-def status_cmd(
+@app.command("status", cls=Command)
+def status(
     study: Annotated[str, typer.Argument(help="study file (YAML) or study name")],
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default: the study file's)")] = None,
+    storage: Storage = None,
 ) -> None:
     """Trials of a study, read from its Optuna storage alone: params, values, state, collapse, MLflow run."""
     from rich.console import Console
@@ -95,9 +95,9 @@ def status_cmd(
     try:
         info = study_status(study, storage)
     except ConfigError as e:
-        fail([f"{study}: {line}" for line in e.lines])
+        fail_user(e, prefix=f"{study}: ")
     except UserError as e:
-        fail(str(e))
+        fail_user(e)
     console = Console()
     console.print(render_status(info, console.width))
     if not info.rows:
@@ -153,12 +153,11 @@ def _direction_header(label: str) -> str:
 
 
 def _fmt(v: Any, name: str = "") -> str:
-    """A value as the report prints it: a switched-off bound (inf, or >= 1 for a lower `*_down` bound) is `off`."""
+    """A value as the report prints it: a switched-off bound (`workbench.params.bound_off`) is `off`."""
     if v is None:
         return ""
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and name.startswith("eps_"):
-        if math.isinf(v) or (name.endswith("_down") and v >= 1):
-            return "off"
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and name.startswith("eps_") and bound_off(name, v):
+        return "off"
     if isinstance(v, float):
         return "inf" if math.isinf(v) else f"{v:.4g}"
     return str(v)
@@ -169,8 +168,4 @@ def _tracking(uri: str | None) -> str:
 
     from workbench.services.credentials import redact
 
-    return redact(uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(sweep_app, name="sweep")
+    return redact(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)

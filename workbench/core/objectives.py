@@ -85,23 +85,25 @@ _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
 def register_objective(
-    name: str, *, paper: str, params_cls: type | None = None, aggregation: str | None = None,
+    name: str, *, paper: str | None = None, params_cls: type | None = None, aggregation: str | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Terms]], ObjectiveFn]:
     """Register `core(logp, old_logp, adv, mask, params) -> Terms` under `name`.
 
     The core receives validated (B, T) tensors: padding zeroed, `adv` expanded and
     detached, `old_logp` detached, `mask` bool. The decorator returns the public function
-    (validation, masking, metrics). A built-in objective's parameter class, aggregation and
-    defaults are declared in `workbench.params`; a new one passes them here (`defaults`
-    overrides fields of `params_cls()`) and they are declared there.
+    (validation, masking, metrics). A built-in objective's parameter class, aggregation,
+    defaults and paper are declared in `workbench.params` only; a new one passes them here
+    (`defaults` overrides fields of `params_cls()`) and they are declared there.
     """
     if not re.fullmatch(r"[a-z0-9_]+", name):
         raise ValueError(f"objective name must match [a-z0-9_]+, got {name!r}")
     if name in _REGISTRY:
         raise ValueError(f"objective {name!r} is already registered")
     new = params_cls is not None
-    declared = (ObjectiveParams(params_cls, check_aggregation(aggregation or ""), dict(defaults or {})) if new
+    if new and not paper:
+        raise ValueError(f"objective {name!r}: a new objective names its paper (paper=...)")
+    declared = (ObjectiveParams(params_cls, check_aggregation(aggregation or ""), dict(defaults or {}), paper) if new
                 else objective_params(name))
     params_cls, aggregation, default_params = declared.params_cls, declared.aggregation, declared.default_params
 
@@ -123,7 +125,7 @@ def register_objective(
 
         objective.__name__ = objective.__qualname__ = name
         objective.__doc__ = core.__doc__
-        _REGISTRY[name] = ObjectiveSpec(name, objective, params_cls, default_params, aggregation, paper, core)
+        _REGISTRY[name] = ObjectiveSpec(name, objective, params_cls, default_params, aggregation, declared.paper, core)
         return objective
 
     return decorator
@@ -277,42 +279,42 @@ def _clipped_is_weight(logp, ratio, adv, lo, hi, mask_mode: bool) -> Terms:
     return Terms(-weight * adv * logp, r, weight, outside)
 
 
-@register_objective("grpo", paper="DeepSeekMath (GRPO), arXiv 2402.03300")
+@register_objective("grpo")
 def grpo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
-    """GRPO: PPO-clip `-min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)`, sequence-mean aggregation."""
+    """GRPO (arXiv 2402.03300): PPO-clip `-min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)`, sequence-mean aggregation."""
     return _ppo_clip(_ratio(logp, old_logp), adv, params)
 
 
-@register_objective("dr_grpo", paper="Dr.GRPO, arXiv 2503.20783")
+@register_objective("dr_grpo")
 def dr_grpo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
-    """Dr.GRPO: PPO-clip, loss summed and divided by B * T (advantages without std: trainer)."""
+    """Dr.GRPO (arXiv 2503.20783): PPO-clip, loss summed and divided by B * T (advantages without std: trainer)."""
     return _ppo_clip(_ratio(logp, old_logp), adv, params)
 
 
-@register_objective("dapo", paper="DAPO, arXiv 2503.14476")
+@register_objective("dapo")
 def dapo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
-    """DAPO: PPO-clip with clip-higher (eps_high 0.28), token-mean aggregation."""
+    """DAPO (arXiv 2503.14476): PPO-clip with clip-higher (eps_high 0.28), token-mean aggregation."""
     return _ppo_clip(_ratio(logp, old_logp), adv, params)
 
 
-@register_objective("cispo", paper="CISPO (MiniMax-M1), arXiv 2506.13585")
+@register_objective("cispo")
 def cispo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
-    """CISPO: `-sg(clip(r, 1-eps_low, 1+eps_high)) * A * logp`; the gradient is never zeroed."""
+    """CISPO (arXiv 2506.13585): `-sg(clip(r, 1-eps_low, 1+eps_high)) * A * logp`; the gradient is never zeroed."""
     return _clipped_is_weight(logp, _ratio(logp, old_logp), adv, 1 - params.eps_low, 1 + params.eps_high, False)
 
 
-@register_objective("gspo", paper="GSPO, arXiv 2507.18071")
+@register_objective("gspo")
 def gspo(logp, old_logp, adv, mask, params: ClipParams) -> Terms:
-    """GSPO: PPO-clip on the sequence ratio `exp(mean_t(logp - old_logp))` (GSPO-token form)."""
+    """GSPO (arXiv 2507.18071): PPO-clip on the sequence ratio `exp(mean_t(logp - old_logp))` (GSPO-token form)."""
     tokens = mask.sum(-1, keepdim=True).clamp_min(1)
     seq_log_ratio = ((logp - old_logp).sum(-1, keepdim=True) / tokens).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     token_ratio = seq_log_ratio.detach().exp() * torch.exp(logp - logp.detach())  # value s_i, gradient per token
     return _ppo_clip(token_ratio, adv, params)
 
 
-@register_objective("dispo", paper="DISPO, arXiv 2602.00983")
+@register_objective("dispo")
 def dispo(logp, old_logp, adv, mask, params: DispoParams) -> Terms:
-    """DISPO: `-sg(clip(r, lo, hi)) * A * logp`, bounds chosen per token by regime.
+    """DISPO (arXiv 2602.00983): `-sg(clip(r, lo, hi)) * A * logp`, bounds chosen per token by regime.
 
     Correct responses (A > 0) use [1 - eps_pos_down, 1 + eps_pos_up], incorrect ones
     (A < 0) [1 - eps_neg_down, 1 + eps_neg_up]; since lo <= 1 <= hi, only the upper bound

@@ -6,7 +6,7 @@ workbench adds its loss functions and metrics to them and reads their runs back 
 never a distribution layer of its own.
 """
 
-ENGINES: tuple[str, ...] = ("local", "verl", "trl")
+from workbench.params import ENGINES
 
 
 def launcher(engine: str):

@@ -29,11 +29,11 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from workbench.config import CollapseConfig
+from workbench.names import LENGTH_MEAN, REPETITION_RATE, TRAIN_ACCURACY, TRUNCATED_FRAC
 
 BASELINE_STEPS = 5  # steps whose mean is the reference for a relative (length, accuracy) criterion
 KINDS = ("repetition", "length", "runaway", "accuracy")
-SIGNALS = {"repetition": "response/repetition_rate", "length": "response/length_mean",
-           "runaway": "response/truncated_frac", "accuracy": "train/accuracy"}
+SIGNALS = {"repetition": REPETITION_RATE, "length": LENGTH_MEAN, "runaway": TRUNCATED_FRAC, "accuracy": TRAIN_ACCURACY}
 TITLES = {"repetition": "repetition", "length": "vanishing length", "runaway": "runaway length",
           "accuracy": "accuracy crash"}
 

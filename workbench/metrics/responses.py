@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from statistics import fmean
 
+from workbench.names import LENGTH_CORRECT, LENGTH_INCORRECT, LENGTH_MEAN, REPETITION_RATE, TRUNCATED_FRAC
+
 
 def repetition_rate(ids: list[int], ns: tuple[int, ...] = (3, 4)) -> float | None:
     """Share of repeated n-grams in one response; None when it is shorter than every n.
@@ -38,9 +40,9 @@ def response_metrics(response_ids: list[list[int]], correct: list[bool], finish_
     reps = [x for x in (repetition_rate(r) for r in response_ids) if x is not None]
     nan = float("nan")
     return {
-        "response/length_mean": fmean(lengths) if lengths else nan,
-        "response/length_correct": fmean(right) if right else nan,
-        "response/length_incorrect": fmean(wrong) if wrong else nan,
-        "response/truncated_frac": sum(f == "length" for f in finish_reasons) / max(len(finish_reasons), 1),
-        "response/repetition_rate": fmean(reps) if reps else 0.0,
+        LENGTH_MEAN: fmean(lengths) if lengths else nan,
+        LENGTH_CORRECT: fmean(right) if right else nan,
+        LENGTH_INCORRECT: fmean(wrong) if wrong else nan,
+        TRUNCATED_FRAC: sum(f == "length" for f in finish_reasons) / max(len(finish_reasons), 1),
+        REPETITION_RATE: fmean(reps) if reps else 0.0,
     }

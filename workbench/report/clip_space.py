@@ -42,7 +42,7 @@ _COLLAPSE_CODE = {None: 0, **{k: i + 1 for i, k in enumerate(KINDS)}}
 ACCURACY_SCALE = [[0.0, "#d62728"], [0.5, "#9467bd"], [1.0, "#1f4e9c"]]
 
 
-def _get_parallel_info(runs: Sequence[RunRecord], acc_key: str | None) -> ParallelInfo | None:
+def parallel_info(runs: Sequence[RunRecord], acc_key: str | None) -> ParallelInfo | None:
     """One line per run with known bounds (runs of unknown objectives have none); None under two."""
     known = [(r, run_bounds(r)) for r in runs]
     known = [(r, b) for r, b in known if not any(np.isnan(v) for v in b.values())]
@@ -83,7 +83,7 @@ def _dim(name: str, raw: np.ndarray) -> Dim:
     return Dim(name.removeprefix("eps_") + (" (log)" if use_log else ""), vals, tuple(tickvals), tuple(ticktext), span)
 
 
-def _build_parallel(info: ParallelInfo) -> go.Figure:
+def plot_parallel(info: ParallelInfo) -> go.Figure:
     color = np.nan_to_num(info.color, nan=np.nanmin(info.color) if not np.isnan(info.color).all() else 0.0)
     dims = [{"label": d.label, "values": d.values.astype(np.float32), "tickvals": d.tickvals, "ticktext": d.ticktext,
              **({"range": list(d.range)} if d.range else {})} for d in info.dims]
@@ -127,7 +127,7 @@ def _cells(name: str, raw: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
     return tuple(labels), np.where(np.isnan(raw) & ~off, -1, idx)
 
 
-def _get_pair_info(runs: Sequence[RunRecord], acc_key: str | None) -> PairInfo:
+def pair_info(runs: Sequence[RunRecord], acc_key: str | None) -> PairInfo:
     bounds = [run_bounds(r) for r in runs]
     raw = {b: np.array([x[b] for x in bounds]) for b in BOUNDS}
     varying = [b for b in BOUNDS if len(np.unique(raw[b][~np.isnan(raw[b])])) > 1]
@@ -157,7 +157,7 @@ def _get_pair_info(runs: Sequence[RunRecord], acc_key: str | None) -> PairInfo:
     return PairInfo(f"mean final {acc_key}", tuple(grids))
 
 
-def _build_pair(info: PairInfo) -> go.Figure:
+def plot_pair(info: PairInfo) -> go.Figure:
     """Cells on integer axes (labels as ticks) so that a collapse mark can sit in a cell's corner."""
     fig = go.Figure()
     zmin, zmax = _color_range(info.grids)
@@ -212,7 +212,7 @@ class ImportanceInfo(NamedTuple):
     reason: str | None  # why `importances` is empty
 
 
-def _get_importance_info(study) -> ImportanceInfo:
+def importance_info(study) -> ImportanceInfo:
     """Optuna's parameter importances over COMPLETE trials, for the first objective.
 
     fANOVA (Optuna's long-time default; needs scikit-learn, which MLflow installs) first:
@@ -246,7 +246,7 @@ def _objective_names(study) -> list[str]:
     return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
 
 
-def _build_importance(info: ImportanceInfo) -> go.Figure:
+def plot_importance(info: ImportanceInfo) -> go.Figure:
     items = sorted(info.importances.items(), key=lambda kv: kv[1])
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
                            text=[f"{v:.2f}" for _, v in items], marker={"color": "#1f77b4"}))
@@ -262,7 +262,7 @@ class ParetoInfo(NamedTuple):
     trials: tuple[int, ...]
 
 
-def _get_pareto_info(study) -> ParetoInfo | None:
+def pareto_info(study) -> ParetoInfo | None:
     import optuna
 
     if len(study.directions) < 2:
@@ -274,7 +274,7 @@ def _get_pareto_info(study) -> ParetoInfo | None:
                       np.array([t.number in front for t in done], bool), tuple(t.number for t in done))
 
 
-def _build_pareto(info: ParetoInfo) -> go.Figure:
+def plot_pareto(info: ParetoInfo) -> go.Figure:
     fig = go.Figure()
     for on, name, color in ((False, "dominated", "#bbbbbb"), (True, "Pareto front", "#d62728")):
         sel = info.on_front == on

@@ -79,7 +79,7 @@ def _panels(title: str, rows: tuple[Row, ...], runs: Sequence[RunRecord], defaul
     return PanelsInfo(title, rows, tuple(panels), default, missing, undefined)
 
 
-def _get_exploration_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
+def exploration_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
     rows = (
         Row("token entropy", (ENTROPY_MEAN, *(regime_key(g, "entropy") for g in REGIMES)), ("all tokens", *REGIMES),
             "entropy (nats)"),
@@ -94,7 +94,7 @@ def _best_index(runs: Sequence[RunRecord], acc_key: str | None) -> int:
     return int(np.nanargmax(finals)) if len(finals) and not np.isnan(finals).all() else 0
 
 
-def _get_collapse_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
+def collapse_info(runs: Sequence[RunRecord], acc_key: str | None) -> PanelsInfo:
     rows = (
         Row("repetition rate", (REPETITION_RATE,), ("repetition rate",), "repeated n-gram share", True),
         Row("response length", (LENGTH_MEAN, LENGTH_CORRECT, LENGTH_INCORRECT),
@@ -124,7 +124,7 @@ def _axis(name: str, row: int) -> str:
     return f"{name}{row if row > 1 else ''}"
 
 
-def _build_panels(info: PanelsInfo) -> go.Figure:
+def plot_panels(info: PanelsInfo) -> go.Figure:
     n = len(info.rows)
     fig = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[row.title for row in info.rows])
@@ -209,7 +209,7 @@ class LearningInfo(NamedTuple):
     missing: tuple[str, ...]
 
 
-def _band(runs: Sequence[RunRecord], key: str) -> Band | None:
+def seed_band(runs: Sequence[RunRecord], key: str) -> Band | None:
     series = [r.metrics[key] for r in runs if key in r.metrics and len(r.metrics[key].steps)]
     if not series:
         return None
@@ -224,17 +224,17 @@ def _band(runs: Sequence[RunRecord], key: str) -> Band | None:
         return Band(steps, np.nanmean(vals, 0), np.nanmin(vals, 0), np.nanmax(vals, 0), np.nanmean(mins, 0))
 
 
-def _with_se(band: Band, runs: Sequence[RunRecord], key: str) -> Band:
+def with_se(band: Band, runs: Sequence[RunRecord], key: str) -> Band:
     """One seed has no spread to show: its band is the evaluation's standard error, where logged."""
     if len(runs) > 1 or not key.endswith("/accuracy") or f"{key}_se" not in runs[0].metrics:
         return band
-    se = _band(runs, f"{key}_se")
+    se = seed_band(runs, f"{key}_se")
     if se is None or not np.array_equal(se.steps, band.steps):
         return band
     return band._replace(lo=band.mean - se.mean, hi=band.mean + se.mean)
 
 
-def _get_learning_info(runs: Sequence[RunRecord], acc_key: str | None) -> LearningInfo:
+def learning_info(runs: Sequence[RunRecord], acc_key: str | None) -> LearningInfo:
     present = {k for r in runs for k in r.metrics}
     evals = sorted(k for k in present if re.fullmatch(r"eval/[a-z0-9_.]+/(accuracy|pass_at_\d+)", k))
     wanted = (REWARD_MEAN, TRAIN_ACCURACY)
@@ -244,7 +244,7 @@ def _get_learning_info(runs: Sequence[RunRecord], acc_key: str | None) -> Learni
         keys = tuple(k for k in keys if k != REWARD_MEAN)  # 0/1 rewards, no shaping: one panel, not two
     groups = []
     for g in group_runs(runs):
-        curves = {k: _with_se(b, g.runs, k) for k in keys if (b := _band(g.runs, k)) is not None}
+        curves = {k: with_se(b, g.runs, k) for k in keys if (b := seed_band(g.runs, k)) is not None}
         finals = [final_value(r, acc_key) for r in g.runs]
         final = float(np.nanmean(finals)) if not np.isnan(finals).all() else math.nan
         groups.append(GroupCurves(g.label, tuple(r.run_id for r in g.runs), final, curves))
@@ -252,12 +252,12 @@ def _get_learning_info(runs: Sequence[RunRecord], acc_key: str | None) -> Learni
     return LearningInfo(keys, tuple(groups), min(TOP_GROUPS, len(groups)), missing)
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
+def rgba(hex_color: str, alpha: float) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _build_learning(info: LearningInfo) -> go.Figure:
+def plot_learning(info: LearningInfo) -> go.Figure:
     n = max(len(info.keys), 1)
     fig = make_subplots(rows=n, cols=2, shared_xaxes="columns", horizontal_spacing=0.08, vertical_spacing=0.05,
                         column_titles=["over training steps", "over wall-clock time"])
@@ -276,7 +276,7 @@ def _build_learning(info: LearningInfo) -> go.Figure:
                     fig.add_trace(go.Scatter(
                         x=np.concatenate([x[ok], x[ok][::-1]]),
                         y=np.concatenate([b.hi[ok], b.lo[ok][::-1]]).astype(np.float32),
-                        fill="toself", fillcolor=_rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
+                        fill="toself", fillcolor=rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
                         legendgroup=g.label, showlegend=False, visible=visible), row=r, col=col)
                 fig.add_trace(go.Scatter(x=x, y=b.mean.astype(np.float32), mode=mode, name=g.label,
                                          line={"color": color, "width": 1.5}, marker={"size": 4},

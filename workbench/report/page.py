@@ -6,8 +6,8 @@ and as a PNG where kaleido finds a Chrome. It logs the folder to the run or to t
 parent run once per change: a report whose content digest the run already holds is not
 uploaded again.
 
-Every figure follows Optuna's visualization habit: `_get_<name>_info(...)` turns runs into a
-NamedTuple of plain arrays (what the tests check) and `_build_<name>(info)` draws it. The
+Every figure follows Optuna's visualization habit: its module's public `<name>_info(...)` turns runs
+into a NamedTuple of plain arrays (what the tests check) and `plot_<name>(info)` draws it. The
 summary is the exception: it is an HTML table, not a plotly figure, so that its run ids can be
 selected and its links followed. How to read each figure: the README, "Reading reports".
 
@@ -83,7 +83,7 @@ class SummaryInfo(NamedTuple):
     anchor_url: str
 
 
-def _get_summary_info(target: TargetRuns, acc_key: str | None) -> SummaryInfo:
+def summary_info(target: TargetRuns, acc_key: str | None) -> SummaryInfo:
     rows, with_study = [], several_studies(target.runs)
     se_key = f"{acc_key}_se" if acc_key and acc_key.startswith(EVAL_PREFIX) else None
     for r in target.runs:
@@ -112,7 +112,7 @@ def _criterion_cell(c: Criterion) -> str:
     return f'<span title="{title}">{html.escape(text)}</span>'
 
 
-def _build_summary(info: SummaryInfo) -> str:
+def summary_html(info: SummaryInfo) -> str:
     kinds = [TITLES[k] for k in KINDS]
     head = ["run", "objective", *(b.removeprefix("eps_") for b in BOUNDS), "start acc", "final acc", "gain",
             "best acc", "collapse", *kinds, "wall time", "status", "MLflow run id"]
@@ -193,8 +193,8 @@ HOW = {
 
 def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
     runs, out = target.runs, []
-    for name, title, get in (("exploration", "Exploration / distillation", curves._get_exploration_info),
-                             ("collapse", "Collapse curves", curves._get_collapse_info)):
+    for name, title, get in (("exploration", "Exploration / distillation", curves.exploration_info),
+                             ("collapse", "Collapse curves", curves.collapse_info)):
         info = get(runs, acc_key)
         has = any(p.curves for p in info.runs)
         notes = [f"not logged: {', '.join(info.missing)}"] if info.missing else []
@@ -203,41 +203,41 @@ def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
             notes.append(f"regime statistics are undefined (NaN) at {regime_nan:.0%} of the logged steps: steps where "
                          "no token carried a nonzero advantage (every group had one reward; see "
                          "batch/zero_adv_group_frac)")
-        out.append(Section(name, title, HOW[name], curves._build_panels(info) if has else None,
+        out.append(Section(name, title, HOW[name], curves.plot_panels(info) if has else None,
                            "; ".join(notes) or None))
-    learn = curves._get_learning_info(runs, acc_key)
+    learn = curves.learning_info(runs, acc_key)
     note = f"not logged: {', '.join(learn.missing)}" if learn.missing else None
     if len(learn.groups) > learn.shown:
         note = (note + "; " if note else "") + f"{len(learn.groups) - learn.shown} more configurations in the legend"
     out.append(Section("learning", "Learning curves", HOW["learning"],
-                       curves._build_learning(learn) if learn.keys else None, note))
-    side = trials._get_trials_info(runs, acc_key)
+                       curves.plot_learning(learn) if learn.keys else None, note))
+    side = trials.trials_info(runs, acc_key)
     if len(side.lines) > 1:
         out.append(Section("trials", "Trials side by side", HOW["trials"],
-                           trials._build_trials(side) if side.panels else None,
+                           trials.plot_trials(side) if side.panels else None,
                            None if side.panels else "no run logged entropy, clip, length or repetition series"))
-    timing = perf._get_perf_info(runs)
-    out.append(Section("perf", "Where the time went", HOW["perf"], perf._build_perf(timing) if timing.runs else None,
+    timing = perf.perf_info(runs)
+    out.append(Section("perf", "Where the time went", HOW["perf"], perf.plot_perf(timing) if timing.runs else None,
                        perf.perf_note(timing)))
     if len(runs) < 2:
         return out
-    parallel = clip_space._get_parallel_info(runs, acc_key)
+    parallel = clip_space.parallel_info(runs, acc_key)
     out.append(Section("parallel", "Clip space: parallel coordinates", HOW["parallel"],
-                       clip_space._build_parallel(parallel) if parallel else None,
+                       clip_space.plot_parallel(parallel) if parallel else None,
                        None if parallel else "fewer than two runs with known bounds"))
-    pair = clip_space._get_pair_info(runs, acc_key)
+    pair = clip_space.pair_info(runs, acc_key)
     out.append(Section("pair", "Clip space: pairs of bounds", HOW["pair"],
-                       clip_space._build_pair(pair) if pair.grids else None,
+                       clip_space.plot_pair(pair) if pair.grids else None,
                        None if pair.grids else "fewer than two bounds vary across these runs"))
     if target.kind == "study":
         study, why = clip_space.open_study(target.study_storage, target.name)
         if study is not None:
-            imp = clip_space._get_importance_info(study)
+            imp = clip_space.importance_info(study)
             out.append(Section("importance", "Parameter importances", HOW["importance"],
-                               clip_space._build_importance(imp) if imp.importances else None, imp.reason))
-            pareto = clip_space._get_pareto_info(study)
+                               clip_space.plot_importance(imp) if imp.importances else None, imp.reason))
+            pareto = clip_space.pareto_info(study)
             if pareto is not None:
-                out.append(Section("pareto", "Pareto front", HOW["pareto"], clip_space._build_pareto(pareto)))
+                out.append(Section("pareto", "Pareto front", HOW["pareto"], clip_space.plot_pareto(pareto)))
         else:
             out.append(Section("importance", "Parameter importances", HOW["importance"], None, why))
     return out
@@ -306,7 +306,7 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
     subtitle = (f"{html.escape(found.kind)} report, {len(found.runs)} run(s), store "
                 f"<code>{html.escape(tracking.resolve_tracking_uri(tracking_uri))}</code>, generated {when}")
-    summary = _build_summary(_get_summary_info(found, acc_key))
+    summary = summary_html(summary_info(found, acc_key))
     index = _write_pages(folder, f"dispo-wb report: {title}", subtitle, notes, summary, sections)
     if log_artifact and found.anchor_run_id:
         tracking.log_report(found.anchor_run_id, folder, tracking_uri, digest=_digest(notes, summary, sections))

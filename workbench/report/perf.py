@@ -1,6 +1,6 @@
 """Where a run spends its time: seconds per step by phase, and rollout throughput with its padding.
 
-`_get_perf_info(runs) -> PerfInfo`, then `_build_perf(info) -> go.Figure`: a stacked horizontal
+`perf_info(runs) -> PerfInfo`, then `plot_perf(info) -> go.Figure`: a stacked horizontal
 bar per run of the median seconds per step in each phase, and below it the per-step rollout
 throughput, real response tokens/s against padded positions/s decoded.
 
@@ -94,7 +94,7 @@ def _labels(runs: Sequence[RunRecord]) -> list[str]:
     return [f"{lab} ({r.run_id[:8]})" if labels.count(lab) > 1 else lab for lab, r in zip(labels, runs)]
 
 
-def _get_perf_info(runs: Sequence[RunRecord]) -> PerfInfo:
+def perf_info(runs: Sequence[RunRecord]) -> PerfInfo:
     found, missing = [], []
     for run, label in zip(runs, _labels(runs)):
         frame = _frame(run)
@@ -146,7 +146,7 @@ def _hover(p: RunPerf) -> str:
     return text
 
 
-def _build_perf(info: PerfInfo) -> go.Figure:
+def plot_perf(info: PerfInfo) -> go.Figure:
     n = max(len(info.runs), 1)
     bar_h, line_h = 28 * n + 60, 320
     fig = make_subplots(rows=2, cols=1, row_heights=[bar_h, line_h], vertical_spacing=120 / (bar_h + line_h + 120),

@@ -16,9 +16,9 @@ import numpy as np
 from workbench.metrics.collapse import SIGNALS, Criterion, assess, verdict
 from workbench.config import CollapseConfig
 from workbench.names import TAG_COLLAPSE, TAG_COLLAPSE_STEP, TAG_SEED, TAG_STUDY, TAG_TRIAL, TRAIN_ACCURACY
-from workbench.sweep.study_file import BOUNDS
+from workbench.params import DISPO_BOUNDS as BOUNDS  # the figure modules read both here too
+from workbench.params import bound_off
 from workbench.tracking import RunRecord
-
 
 
 class Curve(NamedTuple):
@@ -198,11 +198,6 @@ def config_text(run: RunRecord) -> str:
         return run.params.get("objective.name", "unknown objective")
     short = " ".join(f"{k.removeprefix('eps_')}={fmt_bound(b[k], k)}" for k in BOUNDS)
     return f"{run.params.get('objective.name', '?')} {short}"
-
-
-def bound_off(name: str, v):
-    """Where a bound is switched off (elementwise): inf, or >= 1 for a lower (`*_down`) bound."""
-    return np.isinf(v) | ((np.asarray(v) >= 1) if name.endswith("down") else False)
 
 
 def fmt_bound(v: float, name: str = "") -> str:

@@ -4,8 +4,8 @@ The exploration and collapse figures show one run at a time; this one overlays e
 configuration (a sweep trial, or runs differing only in seed) so that clip fractions, entropy,
 length and repetition can be compared across the bounds that were searched. A line is the mean
 over seeds, its band the min-max over seeds (or, for held-out accuracy of one seed, +- the
-evaluation's standard error). `_get_trials_info(runs, acc_key) -> TrialsInfo`, then
-`_build_trials(info) -> go.Figure`.
+evaluation's standard error). `trials_info(runs, acc_key) -> TrialsInfo`, then
+`plot_trials(info) -> go.Figure`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, LENGTH_MEAN, REGIMES, REPETITION_RATE, TAG_TRIAL,
                              TRUNCATED_FRAC, regime_key)
-from workbench.report.curves import PALETTE, Band, _band, _rgba, _with_se, axis_title
+from workbench.report.curves import PALETTE, Band, seed_band, rgba, with_se, axis_title
 from workbench.report.runs import (bound_suffix, final_value, group_runs, run_label, several_studies,
                                       varied_bounds)
 from workbench.tracking import RunRecord
@@ -56,7 +56,7 @@ class TrialsInfo(NamedTuple):
     bounds: tuple[str, ...]  # the bounds that vary (what the labels name)
 
 
-def _get_trials_info(runs: Sequence[RunRecord], acc_key: str | None) -> TrialsInfo:
+def trials_info(runs: Sequence[RunRecord], acc_key: str | None) -> TrialsInfo:
     varied = varied_bounds(runs)
     panels = list(PANELS)
     if acc_key:
@@ -68,7 +68,7 @@ def _get_trials_info(runs: Sequence[RunRecord], acc_key: str | None) -> TrialsIn
         seeds = f", {len(g.runs)} seeds" if len(g.runs) > 1 else ""
         bounds = bound_suffix(head, varied).removeprefix(": ")
         label = f"{bounds} ({which}{seeds})" if bounds else f"{which}{seeds}"
-        curves = {p.key: _with_se(b, g.runs, p.key) for p in panels if (b := _band(g.runs, p.key)) is not None}
+        curves = {p.key: with_se(b, g.runs, p.key) for p in panels if (b := seed_band(g.runs, p.key)) is not None}
         finals = [final_value(r, acc_key) for r in g.runs]
         final = float(np.nanmean(finals)) if not np.isnan(finals).all() else math.nan
         lines.append(TrialLine(label, final, curves))
@@ -77,7 +77,7 @@ def _get_trials_info(runs: Sequence[RunRecord], acc_key: str | None) -> TrialsIn
     return TrialsInfo(drawn, tuple(lines), varied)
 
 
-def _build_trials(info: TrialsInfo) -> go.Figure:
+def plot_trials(info: TrialsInfo) -> go.Figure:
     cols = 2
     rows = max(math.ceil(len(info.panels) / cols), 1)
     fig = make_subplots(rows=rows, cols=cols, shared_xaxes=True, vertical_spacing=0.07, horizontal_spacing=0.09,
@@ -96,7 +96,7 @@ def _build_trials(info: TrialsInfo) -> go.Figure:
             if np.any(b.hi[ok] > b.lo[ok]):
                 fig.add_trace(go.Scatter(x=np.concatenate([x[ok], x[ok][::-1]]),
                                          y=np.concatenate([b.hi[ok], b.lo[ok][::-1]]).astype(np.float32),
-                                         fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0},
+                                         fill="toself", fillcolor=rgba(color, 0.15), line={"width": 0},
                                          hoverinfo="skip", legendgroup=line.label, showlegend=False, visible=visible),
                               row=r, col=c)
             mode = "lines+markers" if (p.key.startswith(EVAL_PREFIX) or np.isnan(b.mean).any()) else "lines"

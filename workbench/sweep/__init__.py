@@ -16,9 +16,9 @@ from workbench.sweep.coordinator import SweepResult, best_of, run_study, space_p
 from workbench.sweep.objective import TrialObjective, engine_train_fn, sample_params, seed_value
 from workbench.sweep.status import DONE, StudyStatus, TrialRow, study_status
 from workbench.sweep.storage import (exclusive, load_study, make_pruner, make_sampler, open_storage, open_study,
-                                     recover, redact, requeue, storage_url)
+                                     recover, requeue, storage_url)
 
 __all__ = ["DONE", "StudyStatus", "SweepResult", "TrialObjective", "TrialRow", "best_of", "engine_train_fn",
            "exclusive", "load_study", "make_pruner", "make_sampler", "open_storage", "open_study", "recover",
-           "redact", "requeue", "run_study", "sample_params", "seed_value", "space_params", "storage_url",
+           "requeue", "run_study", "sample_params", "seed_value", "space_params", "storage_url",
            "study_status"]

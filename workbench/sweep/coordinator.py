@@ -19,12 +19,13 @@ from workbench import tracking
 from workbench.sweep import shared_db as shared_storage
 from workbench.sweep.claims import claims_tag
 from workbench.config import dump_yaml
-from workbench.names import (FAILED, FINISHED, KILLED, TAG_BEST_PARAMS, TAG_BEST_TRIAL, TAG_BEST_VALUE, TAG_COMPLETE,
-                             TAG_DIRECTIONS, TAG_OPTUNA_SAMPLER, TAG_OPTUNA_STORAGE, TAG_PARETO_TRIALS, TAG_SEEDS)
+from workbench.names import (BEST_TRIAL, BEST_VALUE, FAILED, FINISHED, KILLED, TAG_BEST_PARAMS, TAG_BEST_TRIAL,
+                             TAG_BEST_VALUE, TAG_COMPLETE, TAG_DIRECTIONS, TAG_OPTUNA_SAMPLER, TAG_OPTUNA_STORAGE, TAG_PARETO_TRIALS, TAG_SEEDS)
 from workbench.train.results import TrainFn
 from workbench.sweep.study_file import Study
 from workbench.sweep.status import DONE, counts as state_counts
-from workbench.sweep.storage import exclusive, open_study, recover, redact, storage_url
+from workbench.services.credentials import redact
+from workbench.sweep.storage import exclusive, open_study, recover, storage_url
 from workbench.sweep.workers import WorkerSpec, run_workers
 from workbench.sweep.trial import train_locally
 
@@ -116,6 +117,6 @@ def best_of(ostudy: optuna.Study, study: Study) -> tuple[dict[str, float], dict[
     except ValueError:  # no COMPLETE trial
         return {}, {}
     params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-    return ({"best/value": float(best.value), "best/trial": float(best.number)},
+    return ({BEST_VALUE: float(best.value), BEST_TRIAL: float(best.number)},
             {TAG_BEST_TRIAL: str(best.number), TAG_BEST_PARAMS: params,
              TAG_BEST_VALUE: f"{study.directions[0].label} = {best.value:.4g}"})

@@ -20,8 +20,9 @@ from optuna.trial import Trial
 
 from workbench import tracking
 from workbench.errors import UserError
-from workbench.names import (FAILED, KILLED, TAG_ARM, TAG_COLLAPSE, TAG_FAILURE, TAG_OPTUNA_SAMPLER,
+from workbench.names import (EVAL_PREFIX, FAILED, KILLED, TAG_ARM, TAG_COLLAPSE, TAG_FAILURE, TAG_OPTUNA_SAMPLER,
                              TAG_PRUNE_REASON, TAG_RETRY_OF, TAG_RETRY_OF_RUN, TAG_SEED, TAG_STUDY, TAG_TRIAL)
+from workbench.params import ENGINES
 from workbench.train.results import RunResult, TrainFn
 from workbench.sweep.study_file import ARM, Direction
 from workbench.sweep.trial import TrialCrashed, run_training
@@ -29,7 +30,7 @@ from workbench.sweep.trial import TrialCrashed, run_training
 if TYPE_CHECKING:
     from workbench.sweep.workers import WorkerSpec
 
-SWEEP_ENGINES = ("local", "verl")
+SWEEP_ENGINES = tuple(e for e in ENGINES if e != "trl")  # trl has no sweep launcher yet
 
 
 def engine_train_fn(engine: str, local_fn: TrainFn) -> TrainFn:
@@ -79,7 +80,7 @@ class TrialObjective:
     def __init__(self, spec: WorkerSpec, worker: int):
         self.spec, self.study, self.worker = spec, spec.study, worker
         d = self.study.directions
-        self.prune_metric = d[0].metric if len(d) == 1 and d[0].metric.startswith("eval/") else None
+        self.prune_metric = d[0].metric if len(d) == 1 and d[0].metric.startswith(EVAL_PREFIX) else None
 
     def __call__(self, trial: Trial) -> float | list[float]:
         params = sample_params(trial, self.study.space)

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from workbench import tracking
 from workbench.sweep import shared_db as shared_storage
-from workbench.services.credentials import redact as _redact_text, take_password
+from workbench.services.credentials import redact, take_password
 from workbench.errors import UserError
 from workbench.sweep.study_file import Study, default_storage, load_study_file
 
@@ -55,10 +55,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
-
-
-def redact(url: str) -> str:
-    return _redact_text(url)
 
 
 @contextmanager

@@ -41,17 +41,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workbench.sweep.claims import ClaimSpec, check_claims
 from workbench.config import ConfigError, RunConfig, build_run_config, format_validation_error, read_yaml
+from workbench.names import COLLAPSE_RATE, ENTROPY_RETENTION, EVAL_PREFIX, best_key
+from workbench.params import DISPO_BOUNDS
 
-BOUNDS = ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down")
 SHORT_NAMES: dict[str, str] = {
-    **{b: f"objective.params.{b}" for b in BOUNDS},
+    **{b: f"objective.params.{b}" for b in DISPO_BOUNDS},
     "objective": "objective.name",
     "lr": "lr",
     "updates_per_rollout": "updates_per_rollout",
     "rollout_lag": "rollout_lag",
 }
 ARM = "arm"
-SAMPLERS = ("grid", "random", "tpe", "gp")
 _MAX_GRID_CHECK = 4096  # combinations validated one by one; beyond that only each value alone
 
 
@@ -66,10 +66,10 @@ class Direction(NamedTuple):
     def key(self) -> str:
         """MLflow metric key of the trial's value, e.g. `eval/micro/accuracy` or `best/eval/micro/accuracy`."""
         if self.metric == "collapse":
-            return "collapse/rate"
+            return COLLAPSE_RATE
         if self.metric == "entropy_retention":
-            return "entropy/retention"
-        return self.metric if self.at == "final" else f"best/{self.metric}"
+            return ENTROPY_RETENTION
+        return self.metric if self.at == "final" else best_key(self.metric)
 
     @property
     def label(self) -> str:
@@ -256,7 +256,7 @@ def _parse_directions(texts: list[str], base: RunConfig | None, errors: list[str
         except ValueError as e:
             errors.append(f"directions.{i}: {e}")
             continue
-        if base is not None and d.metric.startswith("eval/"):
+        if base is not None and d.metric.startswith(EVAL_PREFIX):
             _, bench, what = d.metric.split("/")
             if bench not in base.eval.benchmarks:
                 errors.append(f"directions.{i}: benchmark {bench!r} is not evaluated by the base config "
@@ -270,7 +270,7 @@ def _parse_directions(texts: list[str], base: RunConfig | None, errors: list[str
 
 
 def _resolve_pruner(raw: Any, directions: list[Direction], errors: list[str]) -> PrunerSpec:
-    single_eval = len(directions) == 1 and directions[0].metric.startswith("eval/")
+    single_eval = len(directions) == 1 and directions[0].metric.startswith(EVAL_PREFIX)
     if raw is None:
         return PrunerSpec(name="median" if single_eval else "none")
     spec = PrunerSpec(name=raw) if isinstance(raw, str) else raw

@@ -48,6 +48,8 @@ from typing import NamedTuple
 
 from math_verify import parse, verify
 
+from workbench.names import REWARD_CRASH_FRAC, REWARD_TIMEOUT_FRAC
+
 __all__ = ["RewardPool", "RewardResult", "score_answer"]
 
 Scorer = Callable[[str, str], "float | None"]
@@ -132,8 +134,8 @@ class RewardResult:
         """Shares of answers that timed out and that crashed (0.0 for an empty batch)."""
         n = max(len(self.rewards), 1)
         return {
-            "reward/timeout_frac": sum(self.timed_out) / n,
-            "reward/crash_frac": sum(self.crashed) / n,
+            REWARD_TIMEOUT_FRAC: sum(self.timed_out) / n,
+            REWARD_CRASH_FRAC: sum(self.crashed) / n,
         }
 
 

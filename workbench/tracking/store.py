@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workbench.names import TAG_EXPERIMENT_KIND
 from workbench.tracking.location import first_use_lock, resolve_tracking_uri
 
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 MAX_PARAM_LEN = 6000
 
 # MLflow 3 UI opens an experiment without this tag in its GenAI view ("0 traces"); these are training runs.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {TAG_EXPERIMENT_KIND: "custom_model_development"}
 
 _OPENED: set[str] = set()
 

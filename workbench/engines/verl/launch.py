@@ -37,13 +37,14 @@ from typing import Any, Callable
 
 from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError
+from workbench.params import DISPO_BOUNDS
 from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, FAILED, FINISHED, KILLED, KIND_TRAIN, STOPPED, TAG_COLLAPSE,
                              TAG_COLLAPSE_STEP, TAG_KIND)
 from workbench.train.results import RunResult
 
 LOSS_AGG = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
             "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
-DISPO_FIELDS = ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down", "mask_mode")
+DISPO_FIELDS = (*DISPO_BOUNDS, "mask_mode")
 CONFIG_TARGET = "workbench.engines.verl.config.WorkbenchPolicyLossConfig"
 REWARD_FILE = Path(__file__).with_name("reward.py")
 POLL_S = 15.0

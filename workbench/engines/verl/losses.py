@@ -22,6 +22,7 @@ from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register
 from workbench.engines.verl.keys import METRIC_PREFIX
 from workbench.core.objectives import ClipParams, DispoParams, get_spec, list_objectives, objective_terms
 from workbench.core.regime_sums import regime_sums
+from workbench.params import DISPO_BOUNDS
 
 PREFIX = "wb_"
 
@@ -36,13 +37,11 @@ def objective_params(objective: str, config: Any):
     spec = get_spec(objective)
     if spec.params_cls is DispoParams:
         pl = config.policy_loss
-        missing = [f for f in ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down", "mask_mode") if not hasattr(pl, f)]
+        missing = [f for f in (*DISPO_BOUNDS, "mask_mode") if not hasattr(pl, f)]
         if missing:
             raise ValueError(f"{loss_name(objective)} needs actor.policy_loss._target_="
                              f"workbench.engines.verl.config.WorkbenchPolicyLossConfig (missing: {', '.join(missing)})")
-        return DispoParams(eps_pos_up=float(pl.eps_pos_up), eps_pos_down=float(pl.eps_pos_down),
-                           eps_neg_up=float(pl.eps_neg_up), eps_neg_down=float(pl.eps_neg_down),
-                           mask_mode=bool(pl.mask_mode))
+        return DispoParams(**{b: float(getattr(pl, b)) for b in DISPO_BOUNDS}, mask_mode=bool(pl.mask_mode))
     if spec.params_cls is ClipParams:
         low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
         high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
