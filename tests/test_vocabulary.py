@@ -1,7 +1,7 @@
 """The workbench spells each `dispo.*` MLflow tag once, in `workbench/names.py`.
 
-A tag spelled by hand elsewhere drifts from the one the report and the sweep read (DESIGN.md
-section 2): this test reads every module's string literals (docstrings aside) and names each
+A tag spelled by hand elsewhere drifts from the one the report and the sweep read (docs/design.md#metrics):
+this test reads every module's string literals (docstrings aside) and names each
 `dispo.*` it finds.
 
     pytest tests/test_vocabulary.py -q
