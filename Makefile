@@ -25,7 +25,7 @@ $(VENV)/.installed-core: pyproject.toml
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.installed-core
-	$(PY) -m pip install -q -e '.[dev,report,services,trl]'
+	$(PY) -m pip install -q -e '.[dev,report,services,trl,docs]'
 	touch $@
 
 install-verl: $(VERL_VENV)/.installed
@@ -56,12 +56,14 @@ demo: $(VENV)/.installed-core
 	@echo "look first: reports/demo/index.html, the summary (collapse criteria per run: eps_neg_down 0.01 crashes, off does not),"
 	@echo "  then 'Trials side by side' (the neg_down clip fraction, repetition and truncation rise only for the tight bound)"
 	@echo "  open the report:  python3 -m webbrowser reports/demo/index.html"
-	@echo "  open MLflow:      $(VENV)/bin/dispo-wb ui    # then http://127.0.0.1:5000, experiment dispo-wb-demo"
+	@echo "  open MLflow:      $(VENV)/bin/dispo-wb ui    # prints the address of the demo experiment's runs table"
 
 # The verl tests run in verl's env (built here when missing); the main suite leaves them out by marker.
+# The docs are built strictly (warnings are errors), so a broken link or anchor in docs/ fails the target.
 test: install install-verl
 	DISPO_REQUIRE_TRL=1 $(PY) -m pytest -q -m "not verl"
 	DISPO_REQUIRE_VERL=1 $(VERL_PY) -m pytest -q -m verl
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) .cache mlflow.db mlartifacts reports/*/
+	rm -rf $(VENV) $(VERL_VENV) .cache mlflow.db mlartifacts reports/*/ site

@@ -3,7 +3,7 @@
 Fast and deterministic: accuracy is a smooth function of the four bounds and the seed, and it
 rises over the steps. Tracked like the real trainer: one MLflow run through
 `tracking.RunTracker`, nested under `parent_run_id`, with `extra_tags`. Failure modes:
-- `eps_neg_up < 0.05` flags a repetition collapse at step 2 (DESIGN.md: too tight -> collapse);
+- `eps_neg_up < 0.05` flags a repetition collapse at step 2 (docs/design.md#regimes-and-bounds: too tight -> collapse);
 - `eps_pos_down == 0.66` makes the process exit with code 3 (a crash the sweep must contain);
 - `run_name: "fake:sleep=0.5,crash_once=PATH"`: sleep seconds per step (kill tests, timings);
   the first run to find PATH missing creates it and exits 3. Knobs ride in the config, not in

@@ -64,3 +64,30 @@ def test_status_says_off_and_none_like_the_report():
     assert "none" not in lines["2"]  # a running trial has no verdict yet
     wide = _render(200)
     assert "0123456789abcdef0123456789abcdef" in wide
+
+
+def test_status_names_every_collapsed_seed(tmp_path):
+    """A trial whose seeds 0 and 2 collapsed shows both; the trial's own flag held only the last one."""
+    import optuna
+
+    from workbench.sweep import study_status
+    from workbench.sweep.storage import open_storage
+
+    journal = tmp_path / "demo.journal"
+    study = optuna.create_study(study_name="demo", storage=open_storage(str(journal)))
+    seeds = {"0": {"collapse": "accuracy", "collapse_step": 11}, "1": {"collapse": None, "collapse_step": None},
+             "2": {"collapse": "runaway", "collapse_step": 6}}
+    dist = {"eps_neg_down": optuna.distributions.CategoricalDistribution([0.01, 1.0])}
+    study.add_trial(optuna.trial.create_trial(params={"eps_neg_down": 0.01}, distributions=dist, value=0.03,
+                                              user_attrs={"seeds": seeds, "collapse": "runaway (seed 2)"}))
+    study.add_trial(optuna.trial.create_trial(params={"eps_neg_down": 1.0}, distributions=dist, value=0.07,
+                                              user_attrs={"seeds": {"0": {"collapse": None}}}))
+    status = study_status("demo", storage=str(journal))
+    both = "seed 0: accuracy, step 11; seed 2: runaway, step 6"
+    assert [r.collapse for r in status.rows] == [both, None]
+    for width in (80, 200):  # one seed per line, so that a fold never splits a seed's kind from its step
+        console = Console(width=width, record=True, color_system=None)
+        console.print(render_status(status, width))
+        text = console.export_text()
+        assert "seed 0: accuracy, step 11;" in text and "seed 2: runaway, step 6" in text
+        assert max(len(line) for line in text.splitlines()) <= width

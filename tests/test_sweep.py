@@ -196,7 +196,7 @@ def test_cli_runs_a_study_by_default_and_shows_its_status(tmp_path, tracking_uri
     rows = {t.number: t for t in trials_of(path)}
     for t in rows.values():
         assert t.user_attrs["mlflow_run_id"] in shown.output
-    assert "repetition collapse" in shown.output and "PRUNED" in shown.output
+    assert "seed 0: repetition, step 2" in shown.output and "PRUNED" in shown.output
     best = next(t for t in rows.values() if t.state == TrialState.COMPLETE)
     assert f"best trial: #{best.number}" in shown.output
 

@@ -1,7 +1,7 @@
 """The workbench spells each metric key, MLflow tag and shared list once.
 
 Metric keys and tag names live in `workbench/names.py`: a key or tag spelled by hand elsewhere
-drifts from the one the report and the sweep read. The bound names and the engine list live in
+drifts from the one the report and the sweep read (docs/design.md#metrics). The bound names and the engine list live in
 `workbench/params.py`. These tests read every module's string literals (docstrings aside) and
 name each one that spells such a thing elsewhere.
 

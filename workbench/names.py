@@ -2,7 +2,7 @@
 
 A bottom module: it imports nothing from the workbench, nor torch, transformers or mlflow, so
 the trainer, the sweep, the tracking layer, the report and the tests spell every key, tag and
-status through it (DESIGN.md section 2) and a rename is one edit.
+status through it (docs/design.md#metrics) and a rename is one edit.
 """
 
 from __future__ import annotations

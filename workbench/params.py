@@ -56,7 +56,7 @@ class ClipParams:
 
 @dataclass(frozen=True)
 class DispoParams:
-    """DISPO's four per-regime bounds (DESIGN.md section 1), each an offset from 1."""
+    """DISPO's four per-regime bounds (docs/design.md#regimes-and-bounds), each an offset from 1."""
 
     eps_pos_up: float = 0.2  # correct responses, r >= 1: w <= 1 + eps_pos_up (inf: off)
     eps_pos_down: float = 0.2  # correct responses, r < 1: w >= 1 - eps_pos_down (>= 1: off)

@@ -65,13 +65,25 @@ def ui(
         "--optuna", help="also start optuna-dashboard (when installed) on a study storage")] = False,
     storage: Storage = None,
 ) -> None:
-    """Start the MLflow UI on the store the runs were logged to and print its address.
+    """Start the MLflow UI on the store the runs were logged to and print each experiment's runs table.
 
     With --optuna, optuna-dashboard opens --storage, by default the latest study's (from its MLflow parent run).
     """
     from workbench.report.page import serve_ui
+    from workbench.services.credentials import redact
+    from workbench.services.stack import port_free
+    from workbench.tracking import require_store
+    from workbench.tracking.experiments import runs_tables
 
     try:
-        serve_ui(port=port, host=host, tracking_uri=tracking_uri, optuna=optuna, storage=storage)
+        uri = require_store(tracking_uri)
+        served = uri.startswith(("http://", "https://"))  # an `mlflow server` is its own UI
+        # Checked before anything is printed, so that a busy port is refused in one line.
+        if not served and not port_free(host, port):
+            raise UserError(f"port {port} on {host} is in use; pass --port with a free one")
+        # MLflow 3 opens an experiment on its GenAI overview, where training runs do not show.
+        for table in runs_tables(redact(uri) if served else f"http://{host}:{port}", uri):
+            typer.echo(f"runs of {table.experiment}: {table.url}")
+        serve_ui(port=port, host=host, tracking_uri=uri, optuna=optuna, storage=storage)
     except UserError as e:
         fail_user(e)

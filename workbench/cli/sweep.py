@@ -140,7 +140,8 @@ def render_status(info, width: int = 200) -> Any:
         values = r.values or [None] * len(info.directions)
         table.add_row(f"{r.number}{'*' if r.number in best else ''}", f"[{styles.get(r.state, '')}]{r.state}",
                       *[_fmt(r.params.get(p), p) for p in params], *[_fmt(v) for v in values],
-                      r.collapse or ("none" if r.state in ("COMPLETE", "PRUNED") else ""),
+                      # one collapsed seed per line: a fold inside one would split its kind from its step
+                      (r.collapse or "").replace("; ", ";\n") or ("none" if r.state in ("COMPLETE", "PRUNED") else ""),
                       (r.run_id or "")[:RUN_ID_SHORT] if narrow else r.run_id or "",
                       f"{r.duration_s:.0f}s" if r.duration_s is not None else "", r.note)
     return table

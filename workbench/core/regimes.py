@@ -1,7 +1,7 @@
 """The four DISPO regimes and the per-regime statistics every objective logs.
 
 A response token falls in one regime by the sign of its advantage and the direction its
-importance ratio moved (DESIGN.md section 1):
+importance ratio moved (docs/design.md#regimes-and-bounds):
 
     pos_up    A > 0, r >= 1        neg_up    A < 0, r >= 1
     pos_down  A > 0, r <  1        neg_down  A < 0, r <  1
@@ -10,7 +10,7 @@ importance ratio moved (DESIGN.md section 1):
 A == 0 (groups whose responses all got the same reward) and masked tokens belong to no
 regime. The four regimes therefore partition the masked-in tokens with A != 0.
 
-Metric keys (DESIGN.md section 2), produced by `regime_metrics` for all four regimes:
+Metric keys (docs/design.md#metrics), produced by `regime_metrics` for all four regimes:
 
     regime/<r>/token_frac   regime tokens / masked-in tokens with A != 0
     regime/<r>/clip_frac    share of the regime's tokens that its objective clipped

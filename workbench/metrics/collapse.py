@@ -1,6 +1,6 @@
 """Collapse detection from a run's per-step series: one detector for the trainer and the report.
 
-Four criteria, each read off one logged series (DESIGN.md section 2), each stated in words by
+Four criteria, each read off one logged series (docs/design.md#metrics), each stated in words by
 `criterion_text` so that the report prints exactly what was tested:
 - repetition: `response/repetition_rate` >= `repetition_threshold` (outputs loop; the DISPO
   paper's failure of a too tight `eps_neg_up`);

@@ -243,12 +243,20 @@ def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
     return out
 
 
+# Summary cells wrap where they must and run ids show their first characters (the link, and a copy, keep
+# the whole id), so that the summary fits 1400 px and scrolls inside its own box when it cannot; the panel
+# figures' run menu sits top left at the title's height, so with a menu their title moves up out of its way
+# (the pair heatmap's title must stay clear of plotly's toolbar, so its menu, top right, moves down instead).
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1280px;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}p.how{color:#555}
-p.note,li.note{color:#8a5300}.scroll{max-height:28em;overflow:auto}
-table.summary{border-collapse:collapse;font-size:.85em}
-.summary td,.summary th{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
-.summary th{background:#f4f4f4;position:sticky;top:0}.summary td:first-child{text-align:left}.bad{color:#b00}"""
+p.note,li.note{color:#8a5300}.scroll{max-height:28em;max-width:100%;overflow:auto}
+table.summary{border-collapse:collapse;font-size:.8em}
+.summary td,.summary th{border:1px solid #ddd;padding:.2em .3em;text-align:right}
+.summary th{background:#f4f4f4;position:sticky;top:0;vertical-align:bottom}
+.summary td:first-child{text-align:left;min-width:10em}.bad{color:#b00}
+.summary td:last-child{max-width:8ch;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+:is(#fig-exploration,#fig-collapse):has(.updatemenu-container) .g-gtitle{transform:translateY(-35px)}
+#fig-pair .menulayer{transform:translateY(36px)}"""
 
 
 def _div(fig: go.Figure, name: str) -> str:
@@ -362,7 +370,7 @@ def _write_pages(folder: Path, title: str, subtitle: str, notes: list[str], summ
         if div:
             (folder / f"{s.name}.html").write_text(
                 f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(s.title)}</title>'
-                f'<script src="plotly.min.js"></script></head><body>{div}</body></html>', encoding="utf-8")
+                f'<style>{_CSS}</style><script src="plotly.min.js"></script></head><body>{div}</body></html>', encoding="utf-8")
     index = folder / "index.html"
     index.write_text(_page(title, subtitle, notes, summary, body, '<script src="plotly.min.js"></script>'),
                      encoding="utf-8")

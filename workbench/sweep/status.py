@@ -18,7 +18,7 @@ class TrialRow(NamedTuple):
     state: str
     params: dict[str, Any]
     values: list[float] | None
-    collapse: str | None
+    collapse: str | None  # every collapsed seed: "seed 0: accuracy, step 11; seed 2: runaway, step 6"
     run_id: str | None  # the trial's MLflow run
     duration_s: float | None
     note: str  # retry of which trial, why it failed or was pruned
@@ -43,7 +43,7 @@ def study_status(target: str | Path, storage: str | None = None) -> StudyStatus:
         a = t.user_attrs
         note = (f"retry of {a['retry_of']}" if "retry_of" in a else "") or a.get("failure", "")
         rows.append(TrialRow(t.number, t.state.name, dict(t.params), list(t.values) if t.values else None,
-                             a.get("collapse"), a.get("mlflow_run_id"),
+                             collapsed_seeds(a), a.get("mlflow_run_id"),
                              t.duration.total_seconds() if t.duration else None, note))
     try:
         best = [t.number for t in ostudy.best_trials] if len(ostudy.directions) > 1 else [ostudy.best_trial.number]
@@ -53,6 +53,20 @@ def study_status(target: str | Path, storage: str | None = None) -> StudyStatus:
     labels = attrs.get("directions") or [d.name.lower() for d in ostudy.directions]
     return StudyStatus(ostudy.study_name, redact(url), labels, attrs.get("n_trials"), counts(ostudy), rows, best,
                        attrs.get("mlflow_parent_run_id"))
+
+
+def collapsed_seeds(attrs: dict[str, Any]) -> str | None:
+    """Every collapsed seed of a trial, in seed order, from its per-seed record; the trial's own flag without one.
+
+    The trial's `collapse` attribute names only the last seed that collapsed (a study that keeps running
+    after a collapse overwrites it), so a trial with three collapsed seeds would show one.
+    """
+    named = []
+    for seed, run in sorted((attrs.get("seeds") or {}).items(), key=lambda kv: int(kv[0])):
+        if run.get("collapse"):
+            step = run.get("collapse_step")
+            named.append(f"seed {seed}: {run['collapse']}{'' if step is None else f', step {step}'}")
+    return "; ".join(named) if named else attrs.get("collapse")
 
 
 def counts(ostudy: optuna.Study) -> dict[str, int]:

@@ -5,7 +5,7 @@ Where this departs from a textbook GRPO step, and why:
   `updates_per_rollout / epochs` minibatches and taken `epochs` times, and rollouts come
   from a policy snapshot `rollout_lag` optimizer steps old (as in asynchronous RL). With
   fresh on-policy rollouts r == 1 and no clip bound ever binds, which would make a clip
-  ablation meaningless (DESIGN.md section 1).
+  ablation meaningless (docs/design.md#two-traps-of-clip-ablations).
 - `old_logp` is recomputed with the snapshot's weights by the same forward code as `logp`,
   never taken from the sampler: a sampler's log-probs differ from the trainer's forward
   pass, and that alone would move r away from 1.

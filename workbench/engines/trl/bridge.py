@@ -1,4 +1,4 @@
-"""TRL's logs into our MLflow run, under our key vocabulary (DESIGN.md section 2).
+"""TRL's logs into our MLflow run, under our key vocabulary (docs/design.md#metrics).
 
 Only rank 0 writes; the values it writes are already reduced over every rank (TRL gathers
 rewards and lengths, our trainer gathers the objective's tokens, `log_metric` sums counts).

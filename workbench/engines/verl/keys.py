@@ -1,4 +1,4 @@
-"""verl's metric keys -> the workbench's (shared/DESIGN.md section 2), one training step at a time.
+"""verl's metric keys -> the workbench's (docs/design.md#metrics), one training step at a time.
 
 verl's MLflow logger writes its own keys into the run (with `@` as `_at_`). After a verl run
 (and while a sweep polls it) `translate_step` adds ours to the same run, so collapse

@@ -8,7 +8,7 @@ compared on the same tensors with:
   none of the compared objectives does), `cispo` (its lower bound off, `clip_ratio_low=1.0`, as
   CISPO defines it), `gspo`;
 - dispo with its four bounds equal per sign: verl's `cispo` with the same bounds;
-- dispo with four different bounds: a plain per-token loop written from DESIGN.md section 1.
+- dispo with four different bounds: a plain per-token loop written from docs/design.md#regimes-and-bounds.
 
 `python -m workbench.engines.verl.parity` prints the table (objective, max |loss diff|,
 max |grad diff|) over a few seeds.
@@ -59,7 +59,7 @@ def run_loss(name: str, config: ActorConfig, tensors, agg: str) -> tuple[torch.T
 
 
 def dispo_reference(tensors, pos_up: float, pos_down: float, neg_up: float, neg_down: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """DISPO token by token (DESIGN.md section 1), token-mean: -sg(clip(r, lo, hi)) * A * logp."""
+    """DISPO token by token (docs/design.md#regimes-and-bounds), token-mean: -sg(clip(r, lo, hi)) * A * logp."""
     logp, old, adv, mask = tensors
     logp = logp.clone().requires_grad_(True)
     total, count = logp.new_zeros(()), 0
