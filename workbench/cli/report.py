@@ -47,14 +47,31 @@ def register(app: typer.Typer) -> None:
         if verdicts.exists():
             import csv
 
+            from workbench.sweep.claims import RULE
+
             def num(text: str) -> str:  # a link without paired seeds has no effect: the CSV cell is empty
                 return f"{float(text):+.3f}" if text not in ("", "nan") else "n/a"
 
+            def look(row: dict, key: str) -> str:
+                total = row.get("looks", "").split("/")
+                return (f"look {row[key]} of {len(total)} ({total[int(row[key]) - 1]} seeds)" if row.get(key)
+                        else "undecided so far")
+
+            def note(row: dict) -> str:
+                margin = f"margin {float(row['margin']):g}" if row.get("margin") else "no margin"
+                if row.get("link_verdict") != "undecided" or row.get("detectable") in (None, "", "nan"):
+                    return margin
+                return (f"{margin}; detectable at 80% power {abs(float(row['detectable'])):.3g} at "
+                        f"{row['paired_seeds']} seeds, {abs(float(row['detectable_at_max_seeds'])):.3g} at "
+                        f"{row['looks'].split('/')[-1]}")
+
             with verdicts.open() as f:
                 for row in csv.DictReader(f):
-                    typer.echo(f"claim {row['claim']}: {row['verdict']} ({row['comparison']} on {row['measure']}: "
-                               f"effect {num(row['effect'])} [{num(row['ci_low'])}, {num(row['ci_high'])}], "
-                               f"{row['seeds_agree']}/{row['paired_seeds']} seeds agree)")
+                    typer.echo(f"claim {row['claim']}: {row['verdict']}, {look(row, 'look')} ({row['comparison']} "
+                               f"on {row['measure']}: {row['link_verdict']}, effect {num(row['effect'])} "
+                               f"[{num(row['ci_low'])}, {num(row['ci_high'])}], {row['seeds_agree']}/"
+                               f"{row['paired_seeds']} seeds agree, {note(row)})")
+            typer.echo(f"rule: {RULE}")
             typer.echo(f"claims table: {verdicts}")
 
     @app.command()

@@ -39,7 +39,6 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from workbench import tracking
-from workbench.sweep.claims import declared_claims
 from workbench.errors import UserError
 from workbench.services.stack import port_free
 from workbench.report import claims as claims_report
@@ -184,8 +183,9 @@ HOW = {
     "pair": "Mean final accuracy over runs in each cell of a pair of bounds; a red x marks cells with collapsed runs.",
     "importance": "Share of the objective's variance each searched parameter explains (Optuna).",
     "pareto": "Every complete trial on the first two objectives; red points are not dominated.",
-    "claims": "The claims the study declared before it ran, each judged from the stored runs by paired seeds: the "
-              "effect is the mean per-seed difference between the arms, with its 95% bootstrap interval. The second "
+    "claims": "The claims the study declared before it ran, each judged from the stored runs by paired seeds at the "
+              "study's looks (reproduced, refuted, absent or undecided; the rule is under the table): the effect is "
+              "the mean per-seed difference between the arms, with the interval of the look that decided it. The second "
               "table says how much each arm's bounds bound (median |r - 1| and clip fraction per regime). The same "
               "table is claims.csv in this folder.",
 }
@@ -320,8 +320,7 @@ def _claims(target: TargetRuns, tracking_uri: str | None) -> "claims_report.Clai
     """Verdicts on the claims a study declared (its parent run's tag); None for other targets."""
     if target.kind != "study" or not target.anchor_run_id:
         return None
-    declared = declared_claims(tracking.run_tags(target.anchor_run_id, tracking_uri))
-    return claims_report.get_claims_info(target.runs, declared) if declared else None
+    return claims_report.study_claims_info(target.runs, tracking.run_tags(target.anchor_run_id, tracking_uri))
 
 
 def _confounder_notes(target: TargetRuns) -> list[str]:
