@@ -184,7 +184,7 @@ def detectable_effect(sd: np.ndarray | float, n: np.ndarray | float, alpha: floa
     with np.errstate(invalid="ignore", divide="ignore"), _quiet():
         if binary:
             need = np.ceil(np.log2(2 / alpha))  # 2 * 0.5^c <= alpha
-            out = np.where(need <= n, stats.beta.ppf(1 - power, need, n - need + 1), np.inf)
+            out = np.where(need <= n, stats.beta.ppf(power, need, n - need + 1), np.inf)
         else:
             df = np.where(n >= 2, n - 1, np.nan)
             out = (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * np.asarray(sd, float) / np.sqrt(n)
