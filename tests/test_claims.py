@@ -92,6 +92,18 @@ def test_look_k_uses_only_the_first_n_k_seeds_and_the_first_deciding_look_is_the
     assert arms_needing_seeds([judge(spec(), {"a": {0: 1, 1: 0}, "b": {0: 0, 1: 1}}, [0, 1], [2])]) == set()
 
 
+def test_a_look_is_judged_only_once_its_last_seed_has_run():
+    # 9 of 10 seeds run, every one collapsed in the first arm only: 9 discordant pairs would give p = 0.004,
+    # but look 2 (10 seeds) is not reached, and look 1 (4 of 4, p = 0.125) does not decide
+    claim = spec("collapse:length")
+    ran = {"a": dict.fromkeys(range(9), 1.0), "b": dict.fromkeys(range(9), 0.0)}
+    res = judge(claim, ran, list(range(10)), [4, 10])
+    assert res.reached == 1 and res.verdict == "undecided" and res.links[0].n == 4
+    assert arms_needing_seeds([res]) == {"a", "b"}
+    ran = {arm: {**m, 9: m[0]} for arm, m in ran.items()}
+    assert judge(claim, ran, list(range(10)), [4, 10]).verdict == "reproduced"
+
+
 def test_a_look_with_fewer_than_two_pairs_is_undecided():
     a = {0: 0.5, 1: math.nan}
     link = link_of(a, {0: 0.1, 1: 0.2})
