@@ -56,7 +56,8 @@ def test_pruned_trials_count_at_their_last_value_and_change_the_ranking():
     assert info.collapse["eps_neg_down"] > 0.95
     # the ranking's stability: intervals around the estimates, eps_neg_down first in most resamples
     lo, hi = info.intervals["eps_neg_down"]
-    assert 0 <= lo <= hi <= 1 and hi - lo > 0 and lo > info.intervals["eps_neg_up"][0]
+    # resampling 16 trials moves the estimate a lot (5-95% about 0.56-0.99 at 12 resamples); the forest alone does not
+    assert 0 <= lo <= hi <= 1 and hi - lo > 0.2 and lo > info.intervals["eps_neg_up"][0]
     assert info.first_share["eps_neg_down"] >= 0.7
     assert sum(info.first_share.values()) == pytest.approx(1.0)
     fig = clip_space._build_importance(info)

@@ -181,7 +181,7 @@ HOW = {
     "parallel": "Each line is a run through the four bounds (plus collapse); colour is final accuracy. Drag on an "
                 "axis to select a range.",
     "pair": "Mean final accuracy over runs in each cell of a pair of bounds; a red x marks cells with collapsed runs.",
-    "importance": "Share of the objective's variance each searched parameter explains (Optuna).",
+    "importance": "Share of the objective's variance each searched parameter explains (Optuna's fANOVA), over complete trials and pruned ones at their last reported value; error bars: 5-95% over bootstrap resamples of the trials; red: the same for collapsed or not.",
     "pareto": "Every complete trial on the first two objectives; red points are not dominated.",
     "claims": "The claims the study declared before it ran, each judged from the stored runs by paired seeds at the "
               "study's looks (reproduced, refuted, absent or undecided; the rule is under the table): the effect is "
