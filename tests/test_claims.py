@@ -329,6 +329,22 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     page = (tmp_path / "r" / "mini_claims" / "index.html").read_text()
     assert '<section id="claims">' in page and wc.RULE[:60] in page
 
+    # the same stored runs judged at other looks: look k uses the first n_k seeds only
+    args = ["report", "mini_claims", "--tracking-uri", uri, "--out-dir", str(tmp_path / "r2"), "--no-png",
+            "--no-log-artifact"]
+    out = CliRunner().invoke(app, [*args, "--looks", "2,4"])
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(tmp_path / "r2" / "mini_claims" / "claims.csv")
+    assert list(table["looks"]) == ["2/4", "2/4"] and table["paired_seeds"].max() <= 4
+    for bad, line in (("5,3", "error: --looks: must be increasing numbers of seeds, each at least 2, e.g. 5,10,20; "
+                               "got [5, 3]"),
+                      ("5,x", "error: --looks: must be increasing numbers of seeds, each at least 2, e.g. 5,10,20; "
+                              "got '5,x'"),
+                      ("2,9", "error: looks: the study declared 5 seeds, so no look can use more; got [2, 9]")):
+        out = CliRunner().invoke(app, [*args, "--out-dir", str(tmp_path / "r3"), "--looks", bad])
+        assert out.exit_code == 2 and out.output.strip().splitlines() == [line], out.output
+        assert not (tmp_path / "r3").exists()  # nothing half-written
+
 
 def test_report_prints_a_claim_without_paired_seeds_as_na(tmp_path, monkeypatch):
     # A study still running (or an arm that never finished) has links with no pairs: their CSV cells are empty.

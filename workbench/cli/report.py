@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         png: Annotated[bool, typer.Option(help="also write PNG images (kaleido, needs Chrome or Chromium)")] = True,
         log_artifact: Annotated[bool, typer.Option(
             help="log the report folder to the run or the study's parent run")] = True,
+        looks: Annotated[Optional[str], typer.Option(
+            help="judge a claims study at these looks instead of its declared ones, e.g. 5,10,15,20: look k uses "
+                 "the study's first n_k seeds")] = None,
     ) -> None:
         """Write an HTML report of a run, a study or an experiment and print where it is."""
         from workbench.report.page import make_report
@@ -37,9 +40,20 @@ def register(app: typer.Typer) -> None:
                   "to overlay runs use: report TARGET --compare RUN RUN ...")
         if compare and len(targets) < 2:
             fail("--compare needs at least one RUN after TARGET: report TARGET --compare RUN RUN ...")
+        from workbench.sweep.claims import looks_problem
+
+        at = None
+        if looks is not None:
+            try:
+                at = [int(x) for x in looks.split(",")]
+            except ValueError:
+                at = looks
+            problem = looks_problem(at)
+            if problem:
+                fail(f"--looks: {problem.replace('[5, 10, 20]', '5,10,20')}")
         try:
             index = make_report(targets[0], compare=targets[1:] or None, tracking_uri=tracking_uri, out_dir=out_dir,
-                                png=png, log_artifact=log_artifact)
+                                png=png, log_artifact=log_artifact, looks=at)
         except UserError as e:
             fail(str(e))
         typer.echo(f"report: {index}")

@@ -19,6 +19,7 @@ import pandas as pd
 
 from collections.abc import Mapping
 
+from workbench.errors import UserError
 from workbench.sweep.claims import RULE, ClaimResult, ClaimSpec, declared_claims, declared_looks, judge
 from workbench.names import (ENTROPY_MEAN, FINISHED, RATIO_ABS_DEV, REGIMES, TAG_ARM, TAG_COLLAPSE, TAG_SEED, TAG_SEEDS,
                              regime_key)
@@ -110,6 +111,8 @@ def study_claims_info(runs: Sequence[RunRecord], parent_tags: Mapping[str, str],
         return None
     raw = parent_tags.get(TAG_SEEDS)
     seeds = [int(s) for s in raw.split(",")] if raw else None
+    if looks and seeds is not None and looks[-1] > len(seeds):
+        raise UserError(f"looks: the study declared {len(seeds)} seeds, so no look can use more; got {list(looks)}")
     return get_claims_info(runs, claims, seeds, looks or declared_looks(parent_tags))
 
 

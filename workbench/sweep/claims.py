@@ -136,6 +136,16 @@ class ClaimResult(NamedTuple):
     margin: float | None
 
 
+LOOKS_HELP = "increasing numbers of seeds, each at least 2, e.g. [5, 10, 20]"
+
+
+def looks_problem(looks: object) -> str | None:
+    """Why `looks` cannot be a study's looks (None when it can): seeds 0..n_k-1 are judged at look k."""
+    ok = (isinstance(looks, list) and bool(looks) and all(isinstance(n, int) and not isinstance(n, bool) for n in looks)
+          and looks[0] >= 2 and all(b > a for a, b in zip(looks, looks[1:])))
+    return None if ok else f"must be {LOOKS_HELP}; got {looks!r}"
+
+
 def looks_reached(measures: Mapping[str, Mapping[int, float]], arms: Sequence[str], seeds: Sequence[int],
                   looks: Sequence[int]) -> int:
     """How many looks every arm has reached: look k is reached when each arm has a run at seed

@@ -40,7 +40,7 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workbench.sweep.claims import ClaimSpec, check_claims
+from workbench.sweep.claims import ClaimSpec, check_claims, looks_problem
 from workbench.config import ConfigError, RunConfig, build_run_config, format_validation_error, read_yaml
 
 BOUNDS = ("eps_pos_up", "eps_pos_down", "eps_neg_up", "eps_neg_down")
@@ -247,9 +247,9 @@ def _parse_seeds(raw: Any, errors: list[str]) -> tuple[list[int], list[int]]:
         errors.append(f"seeds: must be {_SEEDS_HELP}; got {raw!r}")
         return [], []
     looks = raw["looks"]
-    if not ints(looks) or looks[0] < 2 or any(b <= a for a, b in zip(looks, looks[1:])):
-        errors.append(f"seeds.looks: must be increasing numbers of seeds, each at least 2, e.g. [5, 10, 20]; "
-                      f"got {looks!r}")
+    problem = looks_problem(looks)
+    if problem:
+        errors.append(f"seeds.looks: {problem}")
         return [], []
     return list(range(looks[-1])), list(looks)
 
