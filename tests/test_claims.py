@@ -318,7 +318,7 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     low = 0.00625 ** (1 / 5) - (1 - 0.00625 ** (1 / 5))
     assert rep.links[0].low == pytest.approx(low)
     assert (f"claim rep: undecided, undecided so far (tight > base on collapse:repetition: undecided, effect +1.000 "
-            f"[{low:+.3f}, +1.000], 5/5 seeds agree, margin 0.3; detectable at 80% power inf at 5 seeds, inf at 5)"
+            f"[{low:+.3f}, +1.000], 5/5 seeds agree, margin 0.3; detectable at 80% power none at 5 seeds, none at 5)"
             in out.output)
     n = (3, 5)[acc.look - 1]
     assert f"claim acc: refuted, look {acc.look} of 2 ({n} seeds) (tight > base on final_accuracy: refuted" in out.output

@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         if verdicts.exists():
             import csv
 
+            from workbench.report.claims import detectable_text
             from workbench.sweep.claims import RULE
 
             def num(text: str) -> str:  # a link without paired seeds has no effect: the CSV cell is empty
@@ -75,8 +76,8 @@ def register(app: typer.Typer) -> None:
                 margin = f"margin {float(row['margin']):g}" if row.get("margin") else "no margin"
                 if row.get("link_verdict") != "undecided" or row.get("detectable") in (None, "", "nan"):
                     return margin
-                return (f"{margin}; detectable at 80% power {abs(float(row['detectable'])):.3g} at "
-                        f"{row['paired_seeds']} seeds, {abs(float(row['detectable_at_max_seeds'])):.3g} at "
+                return (f"{margin}; detectable at 80% power {detectable_text(float(row['detectable']))} at "
+                        f"{row['paired_seeds']} seeds, {detectable_text(float(row['detectable_at_max_seeds']))} at "
                         f"{row['looks'].split('/')[-1]}")
 
             with verdicts.open() as f:

@@ -158,8 +158,13 @@ def link_note(res: ClaimResult, link) -> str:
     if math.isnan(link.detectable):
         return "too few pairs to say what is detectable"
     margin = f"margin {res.margin:g}; " if res.margin is not None else "no margin; "
-    return (f"{margin}detectable at 80% power: {abs(link.detectable):.3g} at {link.n} seeds, "
-            f"{abs(link.detectable_at_max):.3g} at {res.looks[-1]}")
+    return (f"{margin}detectable at 80% power: {detectable_text(link.detectable)} at {link.n} seeds, "
+            f"{detectable_text(link.detectable_at_max)} at {res.looks[-1]}")
+
+
+def detectable_text(effect: float) -> str:
+    """An effect size, or 'none' where the test cannot reach its alpha at that many seeds (0/1, few pairs)."""
+    return "none" if math.isinf(effect) else f"{abs(effect):.3g}"
 
 
 def claims_html(info: ClaimsInfo) -> str:
