@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import fmean, median
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-
-from collections.abc import Mapping
 
 from workbench.errors import UserError
 from workbench.sweep.claims import RULE, ClaimResult, ClaimSpec, declared_claims, declared_looks, judge
