@@ -6,6 +6,7 @@ Run: .venv/bin/python -m pytest tests/test_claims.py -q
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from workbench.sweep import claims as wc
-from workbench.sweep.claims import ClaimSpec, judge, paired_link
+from workbench.sweep.claims import ClaimSpec, arms_needing_seeds, judge
 from workbench.config import ConfigError
 from workbench.names import TAG_ARM, TAG_SEED
 from workbench.report import claims as rc
@@ -35,9 +36,15 @@ def per_seed(values) -> dict[int, float]:
 BASE = [0.20, 0.35, 0.25, 0.41, 0.30]
 
 
+def link_of(a, b, expect="higher", measure="final_accuracy", **kw):
+    (link,) = judge(spec(measure, expect=expect), {"a": a, "b": b}, **kw).links
+    return link
+
+
 @pytest.mark.parametrize("shift, noise, expect, verdict", [
     (+0.05, [0.004, -0.003, 0.002, -0.001, 0.003], "higher", "reproduced"),  # clear effect
-    (0.0, [0.02, -0.02, 0.01, -0.01, 0.0], "higher", "inconclusive"),  # no effect
+    (0.0, [0.02, -0.02, 0.01, -0.01, 0.0], "higher", "absent"),  # no effect, measured inside +-0.02
+    (0.0, [0.08, -0.08, 0.04, -0.04, 0.0], "higher", "undecided"),  # no effect, measured loosely
     (-0.05, [0.004, -0.003, 0.002, -0.001, 0.003], "higher", "refuted"),  # effect, wrong direction
     (-0.05, [0.004, -0.003, 0.002, -0.001, 0.003], "lower", "reproduced"),  # the same, claimed lower
 ])
@@ -47,43 +54,102 @@ def test_verdict_rule_on_paired_seeds(shift, noise, expect, verdict):
     (link,) = result.links
     assert result.verdict == verdict and link.verdict == verdict
     assert link.n == 5 and link.effect == pytest.approx(shift + np.mean(noise))
-    assert link.low <= link.effect <= link.high
+    assert link.low <= link.effect <= link.high and link.alpha == pytest.approx(0.05)
+    # the paired t-interval, by hand: mean +- t(0.975, 4) * sd / sqrt(5)
+    d = np.array(noise) + shift
+    half = 2.7764451 * d.std(ddof=1) / math.sqrt(5)
+    assert (link.low, link.high) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-6)
     if verdict == "reproduced":
         assert link.agree == 5
+    if verdict == "undecided":  # says what it could have seen: (t(.975, 4) + t(.8, 4)) * sd / sqrt(n)
+        assert link.detectable == pytest.approx((2.7764451 + 0.9409646) * d.std(ddof=1) / math.sqrt(5), rel=1e-5)
+        assert result.look is None and link.look is None
+    else:
+        assert result.look == 1 and link.look == 1 and math.isnan(link.detectable)
     # pairing matters: unpaired, the seed spread (0.20-0.41) would swamp a 0.05 shift
-    assert link.high - link.low < 0.05
+    assert link.high - link.low < 0.2
 
 
-def test_fewer_than_five_paired_seeds_is_inconclusive_even_for_a_clear_effect():
-    a = {0: 0.5, 1: 0.6, 2: 0.55, 3: 0.52, 4: math.nan}  # seed 4 missing its measure
-    b = {s: v - 0.2 for s, v in a.items()}
-    link = paired_link("a", "b", a, b, "higher")
-    assert link.n == 4 and link.effect == pytest.approx(0.2) and link.verdict == "inconclusive"
-    assert paired_link("a", "b", {}, b, "higher").verdict == "inconclusive"
+def test_look_k_uses_only_the_first_n_k_seeds_and_the_first_deciding_look_is_the_verdict():
+    rng = np.random.default_rng(1)
+    seeds = list(range(20))
+    b = {s: 0.3 for s in seeds}
+    # seeds 0-4 say nothing; from seed 5 on the first arm is 0.1 higher (with noise)
+    a = {s: 0.3 + (0.1 if s >= 5 else 0.0) + rng.normal(0, 0.03) for s in seeds}
+    res = judge(spec(), {"a": a, "b": b}, seeds, looks=[5, 10, 15, 20])
+    (link,) = res.links
+    assert res.verdict == "reproduced" and res.look == 2 and link.look == 2 and link.n == 10
+    assert link.alpha == pytest.approx(0.05 / 4)  # Bonferroni over 4 looks
+    assert link.effect == pytest.approx(np.mean([a[s] - 0.3 for s in range(10)]))
+    # a study that has only run 12 seeds reaches looks 1 and 2, not 3
+    partial = {arm: {s: v for s, v in m.items() if s < 12} for arm, m in (("a", a), ("b", b))}
+    assert judge(spec(), partial, seeds, looks=[5, 10, 15, 20]).reached == 2
+    first = judge(spec(), {k: {s: v for s, v in m.items() if s < 7} for k, m in partial.items()}, seeds,
+                  looks=[5, 10, 15, 20])
+    assert first.reached == 1 and first.verdict == "undecided" and first.links[0].n == 5
+    assert arms_needing_seeds([first]) == {"a", "b"} and arms_needing_seeds([res]) == set()
+    # the last look reached and still undecided: nothing more to add
+    assert arms_needing_seeds([judge(spec(), {"a": {0: 1, 1: 0}, "b": {0: 0, 1: 1}}, [0, 1], [2])]) == set()
 
 
-def test_a_chain_is_reproduced_only_when_every_link_is_and_refuted_when_any_link_is():
+def test_a_look_is_judged_only_once_its_last_seed_has_run():
+    # 9 of 10 seeds run, every one collapsed in the first arm only: 9 discordant pairs would give p = 0.004,
+    # but look 2 (10 seeds) is not reached, and look 1 (4 of 4, p = 0.125) does not decide
+    claim = spec("collapse:length")
+    ran = {"a": dict.fromkeys(range(9), 1.0), "b": dict.fromkeys(range(9), 0.0)}
+    res = judge(claim, ran, list(range(10)), [4, 10])
+    assert res.reached == 1 and res.verdict == "undecided" and res.links[0].n == 4
+    assert arms_needing_seeds([res]) == {"a", "b"}
+    ran = {arm: {**m, 9: m[0]} for arm, m in ran.items()}
+    assert judge(claim, ran, list(range(10)), [4, 10]).verdict == "reproduced"
+
+
+def test_a_look_with_fewer_than_two_pairs_is_undecided():
+    a = {0: 0.5, 1: math.nan}
+    link = link_of(a, {0: 0.1, 1: 0.2})
+    assert link.n == 1 and link.verdict == "undecided" and math.isnan(link.effect)
+    assert link_of({}, {0: 0.1}).verdict == "undecided"
+
+
+def test_a_chain_combines_links_refuted_then_absent_then_all_reproduced():
     b = per_seed(BASE)
     up = per_seed([x + 0.1 for x in BASE])
     up2 = per_seed([x + 0.2 for x in BASE])
+    wide = per_seed([x + n for x, n in zip(BASE, [0.08, -0.08, 0.04, -0.04, 0.0])])
+    flat = per_seed([x + n for x, n in zip(BASE, [0.002, -0.002, 0.001, -0.001, 0.0])])
     chain = spec(arms=("top", "mid", "low"))
-    assert judge(chain, {"top": up2, "mid": up, "low": b}).verdict == "reproduced"
+    res = judge(chain, {"top": up2, "mid": up, "low": b})
+    assert res.verdict == "reproduced" and [l.alpha for l in res.links] == pytest.approx([0.025, 0.025])
     assert judge(chain, {"top": up2, "mid": b, "low": up}).verdict == "refuted"
-    flat = per_seed([x + n for x, n in zip(BASE, [0.02, -0.02, 0.01, -0.01, 0.0])])
-    assert judge(chain, {"top": up2, "mid": up, "low": flat}).verdict == "reproduced"
-    assert judge(chain, {"top": up, "mid": flat, "low": b}).verdict == "inconclusive"
+    assert judge(chain, {"top": up2, "mid": flat, "low": b}).verdict == "absent"  # mid = low: no strict order
+    assert judge(chain, {"top": up2, "mid": wide, "low": b}).verdict == "undecided"
+    assert arms_needing_seeds([judge(chain, {"top": up2, "mid": wide, "low": b})]) == set()  # one look only
 
 
-def test_collapse_indicators_every_tight_seed_collapsed_none_of_the_base():
-    link = paired_link("tight", "base", per_seed([1, 1, 1, 1, 1]), per_seed([0] * 5), "higher")
-    assert (link.effect, link.low, link.high, link.verdict) == (1.0, 1.0, 1.0, "reproduced")
-    # 2 of 5 collapsed, against none: the interval reaches 0, so it is not shown
-    assert paired_link("tight", "base", per_seed([1, 0, 1, 0, 0]), per_seed([0] * 5), "higher").verdict == "inconclusive"
+def test_collapse_indicators_use_the_exact_sign_test():
+    # 5 of 5 against 0 of 5: the exact paired sign test cannot go below p = 2 / 2^5 = 0.0625
+    link = link_of(per_seed([1, 1, 1, 1, 1]), per_seed([0] * 5), measure="collapse:repetition")
+    assert link.p == pytest.approx(0.0625) and link.effect == 1.0 and link.verdict == "undecided"
+    assert link.detectable == math.inf  # no effect is detectable at 5 pairs
+    # 8 of 8 is p = 0.0078 <= 0.05: reproduced; 7 of 8 against 1 is p = 0.07: not
+    eight = dict(zip(range(8), [1] * 8))
+    assert link_of(eight, dict.fromkeys(range(8), 0), measure="collapse:length").verdict == "reproduced"
+    seven = {**eight, 7: 0}
+    assert link_of(seven, {**dict.fromkeys(range(8), 0), 7: 1}, measure="collapse:length").verdict == "undecided"
+    # 0 of 20 in both: the exact interval (Clopper-Pearson bounds at alpha/4) is +-0.197, inside the 0.3 margin
+    none = link_of(dict.fromkeys(range(20), 0), dict.fromkeys(range(20), 0), measure="collapse:length")
+    assert none.verdict == "absent" and none.high == pytest.approx(1 - 0.0125 ** (1 / 20))
 
 
-def test_bootstrap_interval_is_deterministic():
-    d = np.array([0.1, -0.05, 0.2, 0.07, 0.01])
-    assert wc.bootstrap_interval(d) == wc.bootstrap_interval(d)
+def test_measures_are_families_and_margins_default_per_family():
+    assert wc.measure_family("collapse:repetition") == "collapse:<kind>" and wc.is_binary("collapse:length")
+    assert wc.measure_family("collapse:") is None and not wc.is_binary("entropy_late")
+    assert spec("entropy_late").equivalence_margin == 0.02
+    assert spec("collapse:length").equivalence_margin == 0.3
+    assert ClaimSpec(id="c", text="t", measure="final_accuracy", arms=["a", "b"], expect="higher",
+                     margin=0.05).equivalence_margin == 0.05
+    with pytest.raises(ValueError, match="greater than 0"):
+        ClaimSpec(id="c", text="t", measure="final_accuracy", arms=["a", "b"], expect="higher", margin=0)
 
 
 # ---- runs: measures read off stored series and tags ----
@@ -115,8 +181,10 @@ def test_claims_from_fabricated_runs_with_known_answers():
              spec("collapse:length", ("tight", "base"), id="no_length")]
     info = rc.get_claims_info(runs, specs)
     verdicts = {r.claim.id: r.verdict for r in info.results}
-    assert verdicts == {"explore": "reproduced", "nothing": "inconclusive", "rep": "reproduced",
-                        "wrong_way": "refuted", "no_length": "inconclusive"}
+    # 4 of 5 collapsed against none is no evidence at 5 seeds (exact sign test: p = 0.125); entropy
+    # moved by +-0.01 is measured inside the 0.02 margin: absent
+    assert verdicts == {"explore": "reproduced", "nothing": "absent", "rep": "undecided",
+                        "wrong_way": "refuted", "no_length": "undecided"}
     explore = info.results[0].links[0]
     assert explore.n == 5 and explore.effect == pytest.approx(0.1 + 0.01 * np.mean(list(SEEDS)))
     rep = info.results[2].links[0]
@@ -127,8 +195,12 @@ def test_claims_from_fabricated_runs_with_known_answers():
     arms = {a.arm: a for a in info.arms}
     assert arms["tight"].collapsed == 4 and arms["base"].abs_dev == pytest.approx(0.05)
     assert arms["base"].clip_frac["pos_up"] == pytest.approx(0.04) and math.isnan(arms["base"].clip_frac["neg_up"])
+    assert list(frame["look"].astype(object).where(frame["look"].notna(), None)) == [1, 1, None, 1, None]
+    assert frame.loc[2, "detectable"] == math.inf and frame.loc[1, "margin"] == 0.02
     page = rc.claims_html(info)
-    assert "reproduced" in page and "refuted" in page and wc.RULE[:40] in page
+    for word in ("reproduced", "refuted", "absent", "undecided", "at look 1 of 1 (5 seeds)", "margin 0.02",
+                 "Bonferroni", "Lan &amp; DeMets 1983"):
+        assert word in page, word
 
 
 # ---- the study file ----
@@ -138,9 +210,38 @@ def test_claims_study_file_parses_with_five_claims_over_its_arms():
     assert [c.id for c in study.claims] == ["exploration", "distillation", "repetition_collapse", "length_collapse",
                                             "dispo_beats_cispo_beats_dapo"]
     arms = set(study.space["arm"].arms)
-    assert all(set(c.arms) <= arms for c in study.claims) and len(study.seeds) >= wc.MIN_SEEDS
+    assert all(set(c.arms) <= arms for c in study.claims)
+    assert study.seeds == list(range(20)) and study.looks == [5, 10, 15, 20]
+    assert [c.equivalence_margin for c in study.claims] == [0.02, 0.02, 0.3, 0.3, 0.02]
     assert not study.prunes_on_collapse and study.pruner.name == "none"
-    assert wc.declared_claims(wc.claims_tag(study.claims)) == study.claims
+    tag = wc.claims_tag(study.claims, study.looks)
+    assert wc.declared_claims(tag) == study.claims and wc.declared_looks(tag) == [5, 10, 15, 20]
+    # a parent run written before looks existed: the tag is the bare list of claims
+    old = {"dispo.claims": json.dumps([c.model_dump(exclude={"margin"}) for c in study.claims])}
+    assert [c.id for c in wc.declared_claims(old)] == [c.id for c in study.claims] and wc.declared_looks(old) is None
+
+
+def test_a_plain_seed_list_still_works_as_one_look(tmp_path):
+    study = _claims_study(tmp_path, seeds=[3, 1, 4, 5, 9])
+    assert study.seeds == [3, 1, 4, 5, 9] and study.looks == []
+
+
+@pytest.mark.parametrize("seeds, line", [
+    ({"looks": [5, 5]}, "seeds.looks: must be increasing numbers of seeds, each at least 2, e.g. [5, 10, 20]; got [5, 5]"),
+    ({"looks": [1, 5]}, "seeds.looks: must be increasing numbers of seeds, each at least 2, e.g. [5, 10, 20]; got [1, 5]"),
+    ({"looks": []}, "seeds.looks: must be increasing numbers of seeds, each at least 2, e.g. [5, 10, 20]; got []"),
+    ({"look": [5]}, "seeds: must be a list of distinct integer seeds, e.g. [0, 1, 2], or {looks: [5, 10, 20]} "
+                    "(seeds 0..19 judged after 5, 10, 20); got {'look': [5]}"),
+    ([0, 1, 1, 2, 3], "seeds: each seed at most once, got [0, 1, 1, 2, 3]"),
+    ([0, 1.5, 2], "seeds: must be a list of distinct integer seeds, e.g. [0, 1, 2], or {looks: [5, 10, 20]} "
+                  "(seeds 0..19 judged after 5, 10, 20); got [0, 1.5, 2]"),
+    ("0-19", "seeds: must be a list of distinct integer seeds, e.g. [0, 1, 2], or {looks: [5, 10, 20]} "
+             "(seeds 0..19 judged after 5, 10, 20); got '0-19'"),
+])
+def test_bad_seed_forms_are_refused_in_one_line(tmp_path, seeds, line):
+    with pytest.raises(ConfigError) as e:
+        _claims_study(tmp_path, seeds=seeds)
+    assert e.value.lines == [line]
 
 
 def _claims_study(tmp_path, **change):
@@ -180,7 +281,7 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     data = {"name": "mini_claims", "base": {"experiment": "claims-test", "steps": 2, "model": {"name": "micro-0.5m"},
                                             "eval": {"every": 1}},
             "space": {"arm": {"base": {}, "tight": {"objective.params.eps_neg_up": 0.01}}},
-            "sampler": "grid", "pruner": "none", "seeds": list(SEEDS), "workers": 1,
+            "sampler": "grid", "pruner": "none", "seeds": {"looks": [3, 5]}, "workers": 1,
             "directions": ["maximize eval/micro/accuracy", "minimize collapse"],
             "claims": [{"id": "rep", "text": "tight collapses", "measure": "collapse:repetition",
                         "arms": ["tight", "base"], "expect": "higher"},
@@ -197,8 +298,12 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     assert [c.id for c in declared] == ["rep", "acc"]
     assert sorted((r.tags[TAG_ARM], r.tags[TAG_SEED]) for r in target.runs) == sorted(
         (a, str(s)) for a in ("base", "tight") for s in SEEDS)
-    info = rc.get_claims_info(target.runs, declared)
-    assert [r.verdict for r in info.results] == ["reproduced", "refuted"]
+    info = rc.study_claims_info(target.runs, parent.data.tags)
+    rep, acc = info.results
+    assert rep.looks == acc.looks == (3, 5) and rep.reached == 2
+    # every tight seed collapsed, no base seed did: 5 of 5 discordant pairs, p = 0.0625 > 0.05 / 2 looks
+    assert rep.verdict == "undecided" and rep.links[0].p == pytest.approx(0.0625) and rep.links[0].n == 5
+    assert acc.verdict == "refuted" and acc.look in (1, 2) and acc.links[0].n == (3, 5)[acc.look - 1]
 
     # `dispo-wb report STUDY` prints the verdicts and writes them as claims.csv beside the page
     import pandas as pd
@@ -209,12 +314,36 @@ def test_sweep_stores_what_the_claims_report_reads(tmp_path):
     out = CliRunner().invoke(app, ["report", "mini_claims", "--tracking-uri", uri, "--out-dir", str(tmp_path / "r"),
                                    "--no-png", "--no-log-artifact"])
     assert out.exit_code == 0, out.output
-    assert "claim rep: reproduced (tight > base on collapse:repetition: effect +1.000 [+1.000, +1.000], 5/5" in out.output
-    assert "claim acc: refuted" in out.output
+    # the exact interval: Clopper-Pearson bounds at 0.025 / 4 on the shares of pairs (1, 0) and (0, 1)
+    low = 0.00625 ** (1 / 5) - (1 - 0.00625 ** (1 / 5))
+    assert rep.links[0].low == pytest.approx(low)
+    assert (f"claim rep: undecided, undecided so far (tight > base on collapse:repetition: undecided, effect +1.000 "
+            f"[{low:+.3f}, +1.000], 5/5 seeds agree, margin 0.3; detectable at 80% power none at 5 seeds, none at 5)"
+            in out.output)
+    n = (3, 5)[acc.look - 1]
+    assert f"claim acc: refuted, look {acc.look} of 2 ({n} seeds) (tight > base on final_accuracy: refuted" in out.output
+    assert f"rule: {wc.RULE}" in out.output
     table = pd.read_csv(tmp_path / "r" / "mini_claims" / "claims.csv")
-    assert list(table["verdict"]) == ["reproduced", "refuted"] and list(table["paired_seeds"]) == [5, 5]
+    assert list(table["verdict"]) == ["undecided", "refuted"] and list(table["paired_seeds"]) == [5, n]
+    assert list(table["looks"]) == ["3/5", "3/5"] and table["look"].isna().tolist() == [True, False]
     page = (tmp_path / "r" / "mini_claims" / "index.html").read_text()
     assert '<section id="claims">' in page and wc.RULE[:60] in page
+
+    # the same stored runs judged at other looks: look k uses the first n_k seeds only
+    args = ["report", "mini_claims", "--tracking-uri", uri, "--out-dir", str(tmp_path / "r2"), "--no-png",
+            "--no-log-artifact"]
+    out = CliRunner().invoke(app, [*args, "--looks", "2,4"])
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(tmp_path / "r2" / "mini_claims" / "claims.csv")
+    assert list(table["looks"]) == ["2/4", "2/4"] and table["paired_seeds"].max() <= 4
+    for bad, line in (("5,3", "error: --looks: must be increasing numbers of seeds, each at least 2, e.g. 5,10,20; "
+                               "got [5, 3]"),
+                      ("5,x", "error: --looks: must be increasing numbers of seeds, each at least 2, e.g. 5,10,20; "
+                              "got '5,x'"),
+                      ("2,9", "error: looks: the study declared 5 seeds, so no look can use more; got [2, 9]")):
+        out = CliRunner().invoke(app, [*args, "--out-dir", str(tmp_path / "r3"), "--looks", bad])
+        assert out.exit_code == 2 and out.output.strip().splitlines() == [line], out.output
+        assert not (tmp_path / "r3").exists()  # nothing half-written
 
 
 def test_report_prints_a_claim_without_paired_seeds_as_na(tmp_path, monkeypatch):
@@ -228,11 +357,19 @@ def test_report_prints_a_claim_without_paired_seeds_as_na(tmp_path, monkeypatch)
     folder.mkdir()
     (folder / "index.html").write_text("<html></html>")
     (folder / "claims.csv").write_text(
-        "claim,verdict,comparison,measure,effect,ci_low,ci_high,seeds_agree,paired_seeds\n"
-        "exploration,inconclusive,pos_up_loose > base,entropy_late,,,,0,0\n"
-        "distillation,reproduced,pos_down_loose < base,entropy_late,-0.05,-0.08,-0.02,5,5\n")
+        "claim,text,measure,comparison,verdict,look,looks,link_verdict,link_look,paired_seeds,effect,ci_low,ci_high,"
+        "p,alpha,seeds_agree,margin,detectable,detectable_at_max_seeds\n"
+        "exploration,t,entropy_late,pos_up_loose > base,undecided,,5/10,undecided,,0,,,,,0.025,0,0.02,,\n"
+        "distillation,t,entropy_late,pos_down_loose < base,reproduced,2,5/10,reproduced,2,10,-0.05,-0.08,-0.02,"
+        "0.001,0.025,10,0.02,,\n"
+        "rep,t,collapse:length,tight > base,undecided,,5/10,undecided,,10,0.2,-0.3,0.6,0.5,0.025,3,0.3,0.45,0.3\n")
     monkeypatch.setattr(report, "make_report", lambda *a, **k: folder / "index.html")
     out = CliRunner().invoke(app, ["report", "study", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
     assert out.exit_code == 0, out.output
-    assert "claim exploration: inconclusive (pos_up_loose > base on entropy_late: effect n/a [n/a, n/a], 0/0" in out.output
-    assert "claim distillation: reproduced (pos_down_loose < base on entropy_late: effect -0.050 [-0.080, -0.020], 5/5" in out.output
+    assert ("claim exploration: undecided, undecided so far (pos_up_loose > base on entropy_late: undecided, effect n/a "
+            "[n/a, n/a], 0/0 seeds agree, margin 0.02)") in out.output
+    assert ("claim distillation: reproduced, look 2 of 2 (10 seeds) (pos_down_loose < base on entropy_late: reproduced, "
+            "effect -0.050 [-0.080, -0.020], 10/10 seeds agree, margin 0.02)") in out.output
+    assert ("claim rep: undecided, undecided so far (tight > base on collapse:length: undecided, effect +0.200 "
+            "[-0.300, +0.600], 3/10 seeds agree, margin 0.3; detectable at 80% power 0.45 at 10 seeds, 0.3 at 10)"
+            ) in out.output

@@ -233,7 +233,7 @@ def test_importances_and_pareto_come_from_optuna(store):
     study, why = clip_space.open_study(store.study.storage_url, "clip-mini")
     assert why is None
     imp = clip_space.importance_info(study)
-    # Only complete trials count; the collapsed (eps_neg_up=0.01) ones were pruned, so neg_up does not vary.
+    # Pruned trials count at their last reported value; the collapsed (eps_neg_up=0.01) ones reported none here.
     assert imp.n_trials == 9 and set(imp.importances) == {"eps_pos_up", "eps_neg_down", "eps_neg_up"}
     assert imp.importances["eps_neg_up"] == pytest.approx(0.0, abs=1e-9)
     assert sum(imp.importances.values()) == pytest.approx(1.0)
@@ -244,7 +244,7 @@ def test_importances_and_pareto_come_from_optuna(store):
         small.add_trial(optuna.trial.create_trial(params={"a": x, "b": -x}, value=float(x), distributions={
             "a": optuna.distributions.IntDistribution(0, 5), "b": optuna.distributions.IntDistribution(-5, 0)}))
     few = clip_space.importance_info(small)
-    assert few.importances == {} and few.reason == "needs 8 complete trials over at least two searched parameters (has 3 over 2)"
+    assert few.importances == {} and few.reason == "needs 8 complete or pruned trials over at least two searched parameters (has 3 over 2)"
     assert clip_space.pareto_info(study) is None
     pareto = clip_space.pareto_info(multi)
     assert pareto.names == ("maximize eval/micro/accuracy", "minimize collapse")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -26,34 +26,73 @@ def report(
     png: Annotated[bool, typer.Option(help="also write PNG images (kaleido, needs Chrome or Chromium)")] = True,
     log_artifact: Annotated[bool, typer.Option(
         help="log the report folder to the run or the study's parent run")] = True,
+    looks: Annotated[Optional[str], typer.Option(
+        help="judge a claims study at these looks instead of its declared ones, e.g. 5,10,15,20: look k uses "
+             "the study's first n_k seeds")] = None,
 ) -> None:
     """Write an HTML report of a run, a study or an experiment and print where it is."""
     from workbench.report.page import make_report
+    from workbench.sweep.claims import looks_problem
 
     if len(targets) > 1 and not compare:
         fail(f"one TARGET expected, got {len(targets)}: {' '.join(targets)}; "
              "to overlay runs use: report TARGET --compare RUN RUN ...")
     if compare and len(targets) < 2:
         fail("--compare needs at least one RUN after TARGET: report TARGET --compare RUN RUN ...")
+    at = None
+    if looks is not None:
+        try:
+            at = [int(x) for x in looks.split(",")]
+        except ValueError:
+            at = looks
+        problem = looks_problem(at)
+        if problem:
+            fail(f"--looks: {problem.replace('[5, 10, 20]', '5,10,20')}")
     try:
         index = make_report(targets[0], compare=targets[1:] or None, tracking_uri=tracking_uri, out_dir=out_dir,
-                            png=png, log_artifact=log_artifact)
+                            png=png, log_artifact=log_artifact, looks=at)
     except UserError as e:
         fail_user(e)
     typer.echo(f"report: {index}")
     verdicts = index.parent / "claims.csv"
     if verdicts.exists():
+        from workbench.sweep.claims import RULE
+
         with verdicts.open() as f:
             for row in csv.DictReader(f):
-                typer.echo(f"claim {row['claim']}: {row['verdict']} ({row['comparison']} on {row['measure']}: "
-                           f"effect {_effect(row['effect'])} [{_effect(row['ci_low'])}, {_effect(row['ci_high'])}], "
-                           f"{row['seeds_agree']}/{row['paired_seeds']} seeds agree)")
+                typer.echo(claim_line(row))
+        typer.echo(f"rule: {RULE}")
         typer.echo(f"claims table: {verdicts}")
 
 
 def _effect(text: str) -> str:
     """A claims.csv number; a link without paired seeds has no effect: its cell is empty."""
     return f"{float(text):+.3f}" if text not in ("", "nan") else "n/a"
+
+
+def _look(row: dict, key: str) -> str:
+    total = row.get("looks", "").split("/")
+    return (f"look {row[key]} of {len(total)} ({total[int(row[key]) - 1]} seeds)" if row.get(key)
+            else "undecided so far")
+
+
+def _note(row: dict) -> str:
+    from workbench.report.claims import detectable_text
+
+    margin = f"margin {float(row['margin']):g}" if row.get("margin") else "no margin"
+    if row.get("link_verdict") != "undecided" or row.get("detectable") in (None, "", "nan"):
+        return margin
+    return (f"{margin}; detectable at 80% power {detectable_text(float(row['detectable']))} at "
+            f"{row['paired_seeds']} seeds, {detectable_text(float(row['detectable_at_max_seeds']))} at "
+            f"{row['looks'].split('/')[-1]}")
+
+
+def claim_line(row: dict) -> str:
+    """One claims.csv row as the line `dispo-wb report` prints."""
+    return (f"claim {row['claim']}: {row['verdict']}, {_look(row, 'look')} ({row['comparison']} "
+            f"on {row['measure']}: {row['link_verdict']}, effect {_effect(row['effect'])} "
+            f"[{_effect(row['ci_low'])}, {_effect(row['ci_high'])}], {row['seeds_agree']}/"
+            f"{row['paired_seeds']} seeds agree, {_note(row)})")
 
 
 @app.command(cls=Command)

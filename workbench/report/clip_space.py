@@ -208,37 +208,118 @@ def _color_range(grids) -> tuple[float, float]:
 class ImportanceInfo(NamedTuple):
     target: str
     importances: dict[str, float]  # parameter -> share of the target's variance; empty when not computable
-    n_trials: int
+    n_trials: int  # trials the importances are computed over (complete + pruned with a value)
     reason: str | None  # why `importances` is empty
+    n_pruned: int = 0  # of n_trials, pruned trials counted at their last reported value
+    n_left_out: int = 0  # pruned trials with no reported value: not counted
+    intervals: dict[str, tuple[float, float]] = {}  # 5-95% over bootstrap resamples of the trials
+    first_share: dict[str, float] = {}  # share of resamples in which the parameter ranks first
+    collapse: dict[str, float] = {}  # importances for collapsed-or-not (0/1) over the same trials; {} if none varies
 
 
-def importance_info(study) -> ImportanceInfo:
-    """Optuna's parameter importances over COMPLETE trials, for the first objective.
+IMPORTANCE_RESAMPLES = 30  # one 16-tree fANOVA forest per resample
 
-    fANOVA (Optuna's long-time default; needs scikit-learn, which MLflow installs) first:
-    on a few dozen trials it separates parameters where PED-ANOVA, Optuna 5's default,
-    often reports them all equal.
+
+class TrialRow(NamedTuple):
+    params: dict
+    distributions: dict
+    value: float
+    collapsed: bool
+    pruned: bool
+
+
+def importance_rows(study) -> tuple[list[TrialRow], int]:
+    """The trials importances are computed over, and the number of pruned trials left out.
+
+    COMPLETE trials count with their first objective. PRUNED trials (a collapsed run prunes its
+    trial) count with their last reported intermediate value: leaving them out would rank the
+    bounds without the runs where they mattered most. A pruned trial that reported nothing is left out.
     """
     import optuna
 
-    target_name = _objective_names(study)[0]
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    varied = {k for k in {p for t in done for p in t.params} if len({t.params.get(k) for t in done}) > 1}
-    if len(done) < MIN_TRIALS_FOR_IMPORTANCE or len(varied) < 2:
-        return ImportanceInfo(target_name, {}, len(done), f"needs {MIN_TRIALS_FOR_IMPORTANCE} complete trials over at "
-                              f"least two searched parameters (has {len(done)} over {len(varied)})")
-    if len({t.values[0] for t in done}) < 2:
-        return ImportanceInfo(target_name, {}, len(done), f"{target_name} is the same in every complete trial")
-    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-    for evaluator in (optuna.importance.FanovaImportanceEvaluator(seed=0), None):
+    rows, left_out = [], 0
+    for t in study.trials:
+        collapsed = "collapse" in t.user_attrs
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            rows.append(TrialRow(t.params, t.distributions, float(t.values[0]), collapsed, False))
+        elif t.state == optuna.trial.TrialState.PRUNED:
+            if t.intermediate_values:
+                last = t.intermediate_values[max(t.intermediate_values)]
+                rows.append(TrialRow(t.params, t.distributions, float(last), collapsed, True))
+            else:
+                left_out += 1
+    return rows, left_out
+
+
+def fanova_importances(rows: Sequence[TrialRow], target: str = "value", seed: int = 0,
+                       n_trees: int = 64) -> dict[str, float]:
+    """fANOVA importances over `rows` (an in-memory study of them), for `value` or `collapsed` (0/1)."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per resample
+    try:
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    finally:
+        optuna.logging.set_verbosity(level)
+    for r in rows:
+        study.add_trial(optuna.trial.create_trial(params=r.params, distributions=r.distributions,
+                                                  value=float(getattr(r, target))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dict(optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, seed=seed)))
+
+
+def bootstrap_importances(rows: Sequence[TrialRow], resamples: int = IMPORTANCE_RESAMPLES, seed: int = 0
+                          ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """How stable the ranking is: 5-95% of each importance over resamples of the trials (with replacement),
+    and the share of resamples in which each parameter ranks first. Resamples whose target or every
+    parameter is constant (nothing to explain) count as missing."""
+    rng = np.random.default_rng(seed)
+    draws: list[dict[str, float]] = []
+    for _ in range(resamples):
+        pick = [rows[i] for i in rng.integers(0, len(rows), len(rows))]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(study, target=target, evaluator=evaluator)
-            return ImportanceInfo(target_name, dict(imp), len(done), None)
-        except (ImportError, RuntimeError) as e:  # no scikit-learn, or zero variance in every tree
-            reason = f"{type(e).__name__}: {e}"
-    return ImportanceInfo(target_name, {}, len(done), f"Optuna could not compute importances ({reason})")
+            # 16 trees a resample: the spread comes from resampling the trials, not from the forest
+            draws.append(fanova_importances(pick, seed=int(rng.integers(1 << 31)), n_trees=16))
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            continue
+    names = {k for d in draws for k in d}
+    if not draws:
+        return {}, {}
+    intervals = {k: tuple(float(x) for x in np.percentile([d.get(k, 0.0) for d in draws], [5, 95])) for k in names}
+    firsts = [max(d, key=d.get) for d in draws if d]
+    return intervals, {k: firsts.count(k) / len(firsts) for k in names}
+
+
+def importance_info(study, resamples: int = IMPORTANCE_RESAMPLES) -> ImportanceInfo:
+    """fANOVA parameter importances for the first objective, over COMPLETE and PRUNED trials.
+
+    fANOVA (Optuna's long-time default; needs scikit-learn, which MLflow installs) first:
+    on a few dozen trials it separates parameters where PED-ANOVA, Optuna 5's default,
+    often reports them all equal. Pruned trials count at their last reported value (see
+    `importance_rows`); the bootstrap over trials says how stable the ranking is; collapse
+    (0/1 per trial) gets its own importances when it varies.
+    """
+    target_name = _objective_names(study)[0]
+    rows, left_out = importance_rows(study)
+    n_pruned = sum(r.pruned for r in rows)
+    varied = {k for k in {p for r in rows for p in r.params} if len({repr(r.params.get(k)) for r in rows}) > 1}
+    if len(rows) < MIN_TRIALS_FOR_IMPORTANCE or len(varied) < 2:
+        return ImportanceInfo(target_name, {}, len(rows), f"needs {MIN_TRIALS_FOR_IMPORTANCE} complete or pruned "
+                              f"trials over at least two searched parameters (has {len(rows)} over {len(varied)})",
+                              n_pruned, left_out)
+    if len({r.value for r in rows}) < 2:
+        return ImportanceInfo(target_name, {}, len(rows), f"{target_name} is the same in every trial", n_pruned, left_out)
+    try:
+        imp = fanova_importances(rows)
+    except (ImportError, RuntimeError) as e:  # no scikit-learn, or zero variance in every tree
+        return ImportanceInfo(target_name, {}, len(rows), f"Optuna could not compute importances "
+                              f"({type(e).__name__}: {e})", n_pruned, left_out)
+    intervals, first = bootstrap_importances(rows, resamples) if resamples else ({}, {})
+    collapse = fanova_importances(rows, "collapsed") if len({r.collapsed for r in rows}) > 1 else {}
+    return ImportanceInfo(target_name, imp, len(rows), None, n_pruned, left_out, intervals, first, collapse)
 
 
 def _objective_names(study) -> list[str]:
@@ -248,10 +329,24 @@ def _objective_names(study) -> list[str]:
 
 def plot_importance(info: ImportanceInfo) -> go.Figure:
     items = sorted(info.importances.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                           text=[f"{v:.2f}" for _, v in items], marker={"color": "#1f77b4"}))
-    fig.update_layout(height=140 + 40 * len(items), xaxis_title="importance (share of variance)",
-                      title=f"Optuna parameter importances for {info.target} ({info.n_trials} trials)")
+    names = [k for k, _ in items]
+    lo = [v - info.intervals.get(k, (v, v))[0] for k, v in items]
+    hi = [info.intervals.get(k, (v, v))[1] - v for k, v in items]
+    text = [f"{v:.2f}" + (f", first in {info.first_share.get(k, 0):.0%}" if info.first_share else "") for k, v in items]
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=names, orientation="h", name=info.target, text=text,
+                           marker={"color": "#1f77b4"},
+                           error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}
+                           if info.intervals else None))
+    if info.collapse:
+        fig.add_trace(go.Bar(x=[info.collapse.get(k, 0.0) for k in names], y=names, orientation="h",
+                             name="collapsed (0/1)", marker={"color": "#d62728"},
+                             text=[f"{info.collapse.get(k, 0.0):.2f}" for k in names]))
+    pruned = f", {info.n_pruned} of them pruned, at their last reported value" if info.n_pruned else ""
+    left = f"; {info.n_left_out} pruned before reporting left out" if info.n_left_out else ""
+    boot = f"; bars: 5-95% over {IMPORTANCE_RESAMPLES} bootstrap resamples of the trials" if info.intervals else ""
+    fig.update_layout(height=160 + 50 * len(items), xaxis_title="importance (share of variance, fANOVA)",
+                      barmode="group", title=f"Parameter importances for {info.target} ({info.n_trials} trials"
+                                             f"{pruned}{left}){boot}")
     return fig
 
 

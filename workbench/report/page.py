@@ -39,7 +39,6 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from workbench import tracking
-from workbench.sweep.claims import declared_claims
 from workbench.errors import UserError
 from workbench.services.stack import port_free
 from workbench.report import claims as claims_report
@@ -182,10 +181,13 @@ HOW = {
     "parallel": "Each line is a run through the four bounds (plus collapse); colour is final accuracy. Drag on an "
                 "axis to select a range.",
     "pair": "Mean final accuracy over runs in each cell of a pair of bounds; a red x marks cells with collapsed runs.",
-    "importance": "Share of the objective's variance each searched parameter explains (Optuna).",
+    "importance": "Share of the objective's variance each searched parameter explains (Optuna's fANOVA), over "
+                  "complete trials and pruned ones at their last reported value; error bars: 5-95% over bootstrap "
+                  "resamples of the trials; red: the same for collapsed or not.",
     "pareto": "Every complete trial on the first two objectives; red points are not dominated.",
-    "claims": "The claims the study declared before it ran, each judged from the stored runs by paired seeds: the "
-              "effect is the mean per-seed difference between the arms, with its 95% bootstrap interval. The second "
+    "claims": "The claims the study declared before it ran, each judged from the stored runs by paired seeds at the "
+              "study's looks (reproduced, refuted, absent or undecided; the rule is under the table): the effect is "
+              "the mean per-seed difference between the arms, with the interval of the look that decided it. The second "
               "table says how much each arm's bounds bound (median |r - 1| and clip fraction per regime). The same "
               "table is claims.csv in this folder.",
 }
@@ -276,11 +278,12 @@ def slug(text: str) -> str:
 
 
 def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri: str | None = None,
-                out_dir: str | Path = "reports", *, png: bool = True, log_artifact: bool = True) -> Path:
+                out_dir: str | Path = "reports", *, png: bool = True, log_artifact: bool = True,
+                looks: Sequence[int] | None = None) -> Path:
     """Write the report of `target` (run id, run name, study or experiment); returns its index.html.
 
-    `compare` adds runs (ids or names) overlaid on the target's. Raises UserError for an
-    unknown target or one with no runs.
+    `compare` adds runs (ids or names) overlaid on the target's. `looks` judges a claims study at
+    these looks instead of its declared ones. Raises UserError for an unknown target or one with no runs.
     """
     found = tracking.resolve_target(target, tracking_uri)
     title = found.name
@@ -300,7 +303,9 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
         notes.append("not logged to MLflow: an experiment has no run of its own to hold the report")
     notes += _confounder_notes(found)
     sections = _sections(found, acc_key)
-    claims = _claims(found, tracking_uri)
+    claims = _claims(found, tracking_uri, looks)
+    if looks and claims is None:
+        raise UserError(f"looks: {title!r} is not a study that declared claims; looks judge claims only")
     folder = Path(out_dir) / slug(title)
     if (folder / "index.html").exists():
         shutil.rmtree(folder)  # an earlier report of the same target: no stale figure may survive
@@ -324,12 +329,12 @@ def make_report(target: str, compare: Sequence[str] | None = None, tracking_uri:
 CLAIMS_CSV = "claims.csv"
 
 
-def _claims(target: TargetRuns, tracking_uri: str | None) -> "claims_report.ClaimsInfo | None":
+def _claims(target: TargetRuns, tracking_uri: str | None,
+            looks: Sequence[int] | None = None) -> "claims_report.ClaimsInfo | None":
     """Verdicts on the claims a study declared (its parent run's tag); None for other targets."""
     if target.kind != "study" or not target.anchor_run_id:
         return None
-    declared = declared_claims(tracking.run_tags(target.anchor_run_id, tracking_uri))
-    return claims_report.get_claims_info(target.runs, declared) if declared else None
+    return claims_report.study_claims_info(target.runs, tracking.run_tags(target.anchor_run_id, tracking_uri), looks)
 
 
 def _confounder_notes(target: TargetRuns) -> list[str]:

@@ -62,7 +62,7 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
             study_name=study.name, experiment=study.base.experiment, tracking_uri=tracking_uri,
             tags={TAG_OPTUNA_STORAGE: redact(url), TAG_OPTUNA_SAMPLER: study.sampler,
                   TAG_DIRECTIONS: "; ".join(d.label for d in study.directions),
-                  TAG_SEEDS: ",".join(map(str, study.seeds)), **claims_tag(study.claims)},
+                  TAG_SEEDS: ",".join(map(str, study.seeds)), **claims_tag(study.claims, study.looks)},
             texts={"base_config.yaml": dump_yaml(study.base)}, files=[study.path], params=space_params(study))
         recovered = recover(ostudy, all_running_stale=local, parent_run_id=parent, tracking_uri=tracking_uri)
         if recovered:

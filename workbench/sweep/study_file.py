@@ -12,6 +12,7 @@ A study file is YAML with these keys (all but `base` and `space` optional):
     n_trials: 16                    # grid: default and maximum is the grid size
     directions: [maximize eval/micro/accuracy, minimize collapse]
     seeds: [0, 1, 2]                # every trial trains once per seed; its value is the mean
+    seeds: {looks: [5, 10, 20]}     # or seeds 0..19 in looks: a claims study judges after 5, 10, 20
     pruner: median                  # none | median | percentile | hyperband (single objective only)
     workers: 2
     storage: null                   # default: <study file>.journal next to the file
@@ -39,7 +40,7 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workbench.sweep.claims import ClaimSpec, check_claims
+from workbench.sweep.claims import ClaimSpec, check_claims, looks_problem
 from workbench.config import ConfigError, RunConfig, build_run_config, format_validation_error, read_yaml
 from workbench.names import COLLAPSE_RATE, ENTROPY_RETENTION, EVAL_PREFIX, best_key
 from workbench.params import DISPO_BOUNDS
@@ -120,7 +121,7 @@ class _StudyModel(_Strict):
     sampler_seed: int = 0
     n_trials: int | None = Field(None, ge=1)
     directions: list[str] = Field(default_factory=lambda: ["maximize eval/micro/accuracy"], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: Any = Field(default_factory=lambda: [0])  # a list of seeds or {looks: [...]}: _parse_seeds
     pruner: PrunerSpec | Literal["none", "median", "percentile", "hyperband"] | None = None
     workers: int = Field(1, ge=1)
     storage: str | None = None
@@ -146,6 +147,7 @@ class Study:
     storage: str | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     claims: list[ClaimSpec] = field(default_factory=list)  # what the study was declared to test
+    looks: list[int] = field(default_factory=list)  # seeds at each look (claims); [] = one look at all seeds
 
     @property
     def prunes_on_collapse(self) -> bool:
@@ -205,8 +207,7 @@ def parse_study(data: dict[str, Any], path: Path) -> Study:
         errors += e.lines
     space = _parse_space(model, base, errors)
     directions = _parse_directions(model.directions, base, errors)
-    if len(set(model.seeds)) != len(model.seeds):
-        errors.append(f"seeds: each seed at most once, got {model.seeds}")
+    seeds, looks = _parse_seeds(model.seeds, errors)
     pruner = _resolve_pruner(model.pruner, directions, errors)
     n_trials = _resolve_n_trials(model, space, errors)
     name = model.name or path.stem
@@ -215,15 +216,42 @@ def parse_study(data: dict[str, Any], path: Path) -> Study:
                       f"'_', '.' or '-' only; set `name:`")
     arm_dim = space.get(ARM)
     prunes = pruner.name != "none" or all(d.metric != "collapse" for d in directions)
-    errors += check_claims(model.claims, list(arm_dim.arms) if arm_dim and arm_dim.arms else None, len(model.seeds),
-                           prunes)
+    errors += check_claims(model.claims, list(arm_dim.arms) if arm_dim and arm_dim.arms else None,
+                           len(seeds) or None, prunes)
     if errors:
         raise ConfigError(errors)
     assert base is not None and n_trials is not None
     return Study(name=name, path=path, base=base, base_data=model.base, space=space,
                  sampler=model.sampler, sampler_seed=model.sampler_seed, n_trials=n_trials, directions=directions,
-                 seeds=list(model.seeds), pruner=pruner, workers=model.workers, storage=model.storage, raw=data,
-                 claims=list(model.claims))
+                 seeds=seeds, pruner=pruner, workers=model.workers, storage=model.storage, raw=data,
+                 claims=list(model.claims), looks=looks)
+
+
+_SEEDS_HELP = "a list of distinct integer seeds, e.g. [0, 1, 2], or {looks: [5, 10, 20]} (seeds 0..19 judged after 5, 10, 20)"
+
+
+def _parse_seeds(raw: Any, errors: list[str]) -> tuple[list[int], list[int]]:
+    """`[0, 1, 2]` -> those seeds, no looks; `{looks: [5, 10]}` -> seeds 0..9, looks [5, 10]."""
+    def ints(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+    if isinstance(raw, list):
+        if not ints(raw):
+            errors.append(f"seeds: must be {_SEEDS_HELP}; got {raw}")
+            return [], []
+        if len(set(raw)) != len(raw):
+            errors.append(f"seeds: each seed at most once, got {raw}")
+            return [], []
+        return list(raw), []
+    if not isinstance(raw, dict) or set(raw) != {"looks"}:
+        errors.append(f"seeds: must be {_SEEDS_HELP}; got {raw!r}")
+        return [], []
+    looks = raw["looks"]
+    problem = looks_problem(looks)
+    if problem:
+        errors.append(f"seeds.looks: {problem}")
+        return [], []
+    return list(range(looks[-1])), list(looks)
 
 
 def parse_direction(text: str) -> Direction:
