@@ -89,3 +89,31 @@ def test_coefficient_is_the_clipped_weight_times_the_advantage():
     coef = logp_coef(per_token, logp)
     assert terms.clipped.any() and bool((coef[terms.clipped] == 0).all())
     assert logp_coef(per_token.detach(), logp) is None
+
+
+# --- the claims measure entropy_push:<regime> ---------------------------------------------------
+
+
+def push_run(pushes: list[float]):
+    import numpy as np
+
+    from workbench.tracking import MetricSeries, RunRecord
+
+    steps = np.arange(1, len(pushes) + 1)
+    series = {"regime/neg_up/entropy_push": MetricSeries(steps, np.array(pushes, float), steps * 1.0)}
+    return RunRecord("r", "r", "1", "FINISHED", 0, 1, {}, {}, tuple(series), series)
+
+
+def test_entropy_push_measure_is_the_mean_over_steps_of_the_regime_push():
+    import math
+
+    from workbench.report.claims import run_measure
+    from workbench.sweep.claims import ClaimSpec
+
+    run = push_run([0.2, float("nan"), -0.1, 0.5])  # a step without regime tokens is left out
+    assert run_measure(run, "entropy_push:neg_up", None) == pytest.approx(0.2)
+    assert math.isnan(run_measure(run, "entropy_push:pos_down", None))  # not logged: no value, not 0
+    spec = ClaimSpec(id="c", text="t", measure="entropy_push:neg_up", arms=["a", "b"], expect="higher")
+    assert spec.measure == "entropy_push:neg_up"
+    with pytest.raises(ValueError, match="entropy_push:<regime>"):
+        ClaimSpec(id="c", text="t", measure="entropy_push:sideways", arms=["a", "b"], expect="higher")

@@ -29,7 +29,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from workbench.names import TAG_CLAIMS
+from workbench.names import REGIMES, TAG_CLAIMS
 
 MIN_SEEDS = 5
 CONFIDENCE = 0.95
@@ -38,6 +38,8 @@ MEASURES = {
     "entropy_late": "mean token entropy (entropy/mean) over the last third of the training steps",
     "final_accuracy": "held-out accuracy (avg@k) at the last evaluation",
     "collapse:<kind>": "1 if the run was flagged collapse=<kind>, else 0 (share of seeds that collapsed)",
+    "entropy_push:<regime>": "mean over the run's steps of regime/<regime>/entropy_push (first-order entropy change "
+                             "its tokens pushed; > 0: up)",
 }
 RULE = (f"Per link of a claim, the paired effect is the mean over seeds of (first arm - second arm), with a "
         f"{CONFIDENCE:.0%} percentile bootstrap interval ({N_RESAMPLES} resamples of the seeds). A link is "
@@ -55,7 +57,7 @@ class ClaimSpec(BaseModel):
 
     id: str = Field(pattern=r"^[a-z0-9_]+$", description="short name, used as the table's row key")
     text: str = Field(min_length=1, description="the claim in words, as the paper makes it")
-    measure: str = Field(description="entropy_late | final_accuracy | collapse:<kind>")
+    measure: str = Field(description="entropy_late | final_accuracy | collapse:<kind> | entropy_push:<regime>")
     arms: list[str] = Field(min_length=2, description="arms in the claimed order, best (or highest) first")
     expect: Literal["higher", "lower"] = Field(description="higher: arms[0] > arms[1] > ...; lower: the reverse")
 
@@ -63,6 +65,8 @@ class ClaimSpec(BaseModel):
     @classmethod
     def _known_measure(cls, v: str) -> str:
         if v in ("entropy_late", "final_accuracy") or re.fullmatch(r"collapse:[a-z_]+", v):
+            return v
+        if v.startswith("entropy_push:") and v.removeprefix("entropy_push:") in REGIMES:
             return v
         raise ValueError(f"unknown measure {v!r}; allowed: {', '.join(MEASURES)}")
 
