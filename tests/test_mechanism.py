@@ -117,3 +117,38 @@ def test_entropy_push_measure_is_the_mean_over_steps_of_the_regime_push():
     assert spec.measure == "entropy_push:neg_up"
     with pytest.raises(ValueError, match="entropy_push:<regime>"):
         ClaimSpec(id="c", text="t", measure="entropy_push:sideways", arms=["a", "b"], expect="higher")
+
+
+# --- the report figure ---------------------------------------------------------------------------
+
+
+def mechanism_run(name: str, steps: int, with_push: bool = True):
+    import numpy as np
+
+    from workbench.tracking import MetricSeries, RunRecord
+
+    s = np.arange(1, steps + 1)
+    series = {"entropy/mean": MetricSeries(s, 2.0 - 0.1 * s, s * 1.0)}
+    if with_push:
+        for i, g in enumerate(REGIMES):
+            series[f"regime/{g}/entropy_push"] = MetricSeries(s, (i + 1) * 0.1 * np.ones(steps), s * 1.0)
+            series[f"regime/{g}/entropy_push_clipped"] = MetricSeries(s[1:], 0.03 * np.ones(steps - 1), s[1:] * 1.0)
+    return RunRecord(name, name, "1", "FINISHED", 0, 1, {}, {}, tuple(series), series)
+
+
+def test_mechanism_info_splits_each_regime_push_into_kept_and_clipped():
+    import math
+
+    from workbench.report.mechanism import mechanism_info, mechanism_note, plot_mechanism
+
+    info = mechanism_info([mechanism_run("a", 5), mechanism_run("old", 5, with_push=False)])
+    assert [r.label for r in info.runs] == ["a"] and info.without == ("old",)
+    run = info.runs[0]
+    assert list(run.steps) == [1, 2, 3, 4, 5] and run.entropy[0] == pytest.approx(1.9)
+    neg_up = REGIMES.index("neg_up")
+    assert run.kept["neg_up"][1:] == pytest.approx([(neg_up + 1) * 0.1 - 0.03] * 4)  # whole regime minus clipped
+    assert run.clipped["neg_up"][1:] == pytest.approx([0.03] * 4)
+    assert math.isnan(run.clipped["neg_up"][0]) and math.isnan(run.kept["neg_up"][0])  # step 1: no clipped part logged
+    assert "old" in mechanism_note(info)
+    fig = plot_mechanism(info)
+    assert len(fig.data) == len(REGIMES) * 2 + 1  # kept and clipped per regime, and the entropy
