@@ -40,8 +40,9 @@ def run(seed: int, steps: int, objective: str, lr: float, root: str) -> tuple[li
         "objective": {"name": objective}, "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 24},
         "updates_per_rollout": 4, "rollout_lag": 0, "lr": lr, "eval": {"every": 1000, "k": 1, "limit": 2},
         "sample_every": 1000, "checkpoint_every": 1000,
-        # An untrained model never answers right; the length penalty gives groups mixed rewards.
-        "overlong": {"enabled": True, "buffer": 20, "factor": 1.0}})
+        # An untrained model never answers right; a penalty linear in length from 0 tokens on gives
+        # nearly every group mixed rewards (a buffer of 20 left most steps with no regime token).
+        "overlong": {"enabled": True, "buffer": 24, "factor": 1.0}})
     uri = f"sqlite:///{root}/m{seed}.db"
     result = train(cfg, tracking_uri=uri, progress=False, checkpoint_root=f"{root}/ck{seed}")
     keys = [regime_key(g, ENTROPY_PUSH) for g in REGIMES] + [ENTROPY_MEAN]
