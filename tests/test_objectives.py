@@ -429,6 +429,7 @@ def test_metric_keys(name):
         _, metrics = get_objective(name)(logp, old_logp, adv, mask, entropy=entropy)
         stats = per_regime + (["entropy"] if entropy is not None else [])
         want = {f"regime/{g}/{s}" for g in REGIMES for s in stats} | {"ratio/mean", "ratio/max", "ratio/abs_dev_mean"}
+        want |= {"entropy/mean"} if entropy is not None else set()  # token-weighted, with the regime sums
         assert set(metrics) == want
         for key, value in metrics.items():
             assert re.fullmatch(r"[a-z0-9_/.]+", key), key

@@ -1,4 +1,5 @@
-"""Regime masks, token entropy and regime metrics against plain-Python loops.
+"""Regime masks, token entropy, regime metrics and the entropy push against plain-Python loops;
+the accumulator over uneven pieces equals the whole batch.
 
 Run: .venv/bin/python -m pytest tests/test_regimes.py -q
 """
@@ -10,7 +11,7 @@ import math
 import pytest
 import torch
 
-from workbench.core.regimes import REGIMES, regime_masks, regime_metrics, token_entropy
+from workbench.core.regimes import REGIMES, RegimeAccumulator, regime_masks, regime_metrics, token_entropy
 
 
 def ref_regime(r: float, a: float, m: float) -> str | None:
@@ -19,11 +20,13 @@ def ref_regime(r: float, a: float, m: float) -> str | None:
     return ("pos" if a > 0 else "neg") + ("_up" if r >= 1 else "_down")
 
 
-def ref_metrics(ratio, weight, clipped, adv, mask, entropy=None) -> dict[str, float]:
-    """Token-by-token reference of `regime_metrics` (empty denominators give NaN)."""
+def ref_metrics(ratio, weight, clipped, adv, mask, entropy=None, logp=None, coef=None) -> dict[str, float]:
+    """Token-by-token reference of `regime_metrics` (empty denominators give NaN); the entropy push
+    as a two-pass covariance: centre l and u over the regime tokens, then sum per part."""
     B, T = len(ratio), len(ratio[0])
     acc = {g: dict(n=0.0, clipped=0.0, w=0.0, moved=0.0, r=0.0, h=0.0) for g in REGIMES}
-    n_nonzero = n_tokens = r_sum = dev_sum = 0.0
+    n_nonzero = n_tokens = r_sum = dev_sum = h_all = 0.0
+    regime_tokens = []  # (regime, clipped, l, u)
     r_max = -math.inf
     for b in range(B):
         for t in range(T):
@@ -34,9 +37,13 @@ def ref_metrics(ratio, weight, clipped, adv, mask, entropy=None) -> dict[str, fl
             r_sum += r
             dev_sum += abs(r - 1)
             r_max = max(r_max, r)
+            if entropy is not None:
+                h_all += entropy[b][t]
             g = ref_regime(r, adv[b][t], mask[b][t])
             if g is None:
                 continue
+            if logp is not None:
+                regime_tokens.append((g, bool(clipped[b][t]), logp[b][t], coef[b][t]))
             n_nonzero += 1
             a = acc[g]
             a["n"] += 1
@@ -58,9 +65,19 @@ def ref_metrics(ratio, weight, clipped, adv, mask, entropy=None) -> dict[str, fl
         out[f"regime/{g}/clip_mass"] = div(a["moved"], a["r"])
         if entropy is not None:
             out[f"regime/{g}/entropy"] = div(a["h"], a["n"])
+    if logp is not None:
+        n = len(regime_tokens)
+        l_bar = sum(x[2] for x in regime_tokens) / n if n else math.nan
+        u_bar = sum(x[3] for x in regime_tokens) / n if n else math.nan
+        for g in REGIMES:
+            for key, keep in (("entropy_push", (False, True)), ("entropy_push_clipped", (True,))):
+                part = [(l - l_bar) * (u - u_bar) for gg, c, l, u in regime_tokens if gg == g and c in keep]
+                out[f"regime/{g}/{key}"] = -sum(part) / n if n else math.nan
     out["ratio/mean"] = div(r_sum, n_tokens)
     out["ratio/max"] = r_max if n_tokens else math.nan
     out["ratio/abs_dev_mean"] = div(dev_sum, n_tokens)
+    if entropy is not None:
+        out["entropy/mean"] = div(h_all, n_tokens)
     return out
 
 
@@ -85,6 +102,16 @@ def random_inputs(seed: int, B: int, T: int):
     return ratio, weight, clipped, adv, mask, entropy
 
 
+def random_push_inputs(seed: int, B: int, T: int):
+    """random_inputs plus logp (<= 0) and a coefficient u = w * A, zero where clipped half the time."""
+    ratio, weight, clipped, adv, mask, entropy = random_inputs(seed, B, T)
+    g = torch.Generator().manual_seed(seed + 100)
+    logp = -torch.rand(B, T, generator=g) * 4
+    stopped = clipped & (torch.rand(B, T, generator=g) > 0.5)
+    coef = torch.where(stopped, 0.0, weight * adv * (1 + torch.rand(B, T, generator=g)))
+    return ratio, weight, clipped, adv, mask, entropy, logp, coef
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("shape", [(2, 1), (5, 8), (12, 31)])
 def test_regime_metrics_match_reference(seed, shape):
@@ -93,6 +120,48 @@ def test_regime_metrics_match_reference(seed, shape):
     lists = [x.tolist() for x in (ratio, weight, clipped, adv, mask, entropy)]
     assert_metrics_close(got, ref_metrics(*lists))
     assert "regime/pos_up/entropy" not in regime_metrics(ratio, weight, clipped, adv, mask)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_entropy_push_matches_two_pass_covariance_and_its_parts_add_up(seed):
+    inputs = random_push_inputs(seed, 9, 13)
+    got = regime_metrics(*inputs)
+    assert_metrics_close(got, ref_metrics(*[x.tolist() for x in inputs]))
+    # The four regimes' pushes add up to minus the covariance over all regime tokens.
+    ratio, _, _, adv, mask, _, logp, coef = inputs
+    sel = mask.bool() & (adv != 0)
+    lp, u = logp[sel].double(), coef[sel].double()
+    whole = -((lp - lp.mean()) * (u - u.mean())).mean().item()
+    assert sum(got[f"regime/{g}/entropy_push"] for g in REGIMES) == pytest.approx(whole, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_accumulator_over_uneven_pieces_equals_the_whole_batch(seed):
+    """Token-weighted: sums over pieces of 1, 2 and 9 rows (and a padded-width piece) give the
+    whole batch's statistics, which the mean of per-piece statistics does not."""
+    inputs = random_push_inputs(seed, 12, 17)
+    inputs[4][:3, 4:] = 0  # short responses in the first rows: pieces differ in token counts
+    want = regime_metrics(*inputs)
+    acc = RegimeAccumulator()
+    for rows in (slice(0, 1), slice(1, 3), slice(3, 12)):
+        acc.add(*(x[rows] for x in inputs))
+    got = acc.result()
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True), k
+    pieces = [regime_metrics(*(x[rows] for x in inputs)) for rows in (slice(0, 1), slice(1, 3), slice(3, 12))]
+    key = "regime/pos_up/clip_frac"
+    defined = [p[key] for p in pieces if not math.isnan(p[key])]
+    assert abs(sum(defined) / len(defined) - want[key]) > 1e-3 or len(defined) < 2
+
+
+def test_accumulator_refuses_pieces_with_different_inputs():
+    ratio, weight, clipped, adv, mask, entropy = random_inputs(0, 3, 4)
+    acc = RegimeAccumulator()
+    acc.add(ratio, weight, clipped, adv, mask, entropy)
+    with pytest.raises(ValueError, match="same inputs"):
+        acc.add(ratio, weight, clipped, adv, mask)
+    assert RegimeAccumulator().result() == {}
 
 
 @pytest.mark.parametrize("seed", [0, 1])

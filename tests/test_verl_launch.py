@@ -81,10 +81,12 @@ def test_verl_keys_become_ours_with_regime_sums_divided_after_reduction():
             "val-core/micro/reward/mean_at_4": 0.3, "val-core/micro/reward/best_at_4/mean": 0.6,
             "actor/wb/nonzero_tokens": 40.0, "actor/wb/tokens": 50.0, "actor/wb/ratio_sum": 51.0,
             "actor/wb/abs_dev_sum": 2.5}
-    for i, regime in enumerate(("pos_up", "pos_down", "neg_up", "neg_down")):
-        verl |= {f"actor/wb/{regime}/tokens": 10.0, f"actor/wb/{regime}/clipped": float(i),
-                 f"actor/wb/{regime}/weight_sum": 10.0, f"actor/wb/{regime}/moved_sum": 0.5,
-                 f"actor/wb/{regime}/ratio_sum": 10.0}
+    for i, regime in enumerate(("pos_up", "pos_down", "neg_up", "neg_down")):  # kept + clipped parts of each regime
+        verl |= {f"actor/wb/{regime}/kept/tokens": 10.0 - i, f"actor/wb/{regime}/clipped/tokens": float(i),
+                 f"actor/wb/{regime}/kept/clipped": 0.0, f"actor/wb/{regime}/clipped/clipped": float(i),
+                 f"actor/wb/{regime}/kept/weight_sum": 6.0, f"actor/wb/{regime}/clipped/weight_sum": 4.0,
+                 f"actor/wb/{regime}/kept/moved_sum": 0.0, f"actor/wb/{regime}/clipped/moved_sum": 0.5,
+                 f"actor/wb/{regime}/kept/ratio_sum": 7.0, f"actor/wb/{regime}/clipped/ratio_sum": 3.0}
     ours = translate_step(verl)
     assert ours["loss/policy"] == 0.5 and ours["grad/norm"] == 2.0 and ours["perf/step_s"] == 12.0
     assert ours["response/length_mean"] == 30.0 and ours["response/truncated_frac"] == 0.25

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 # DISPO's four regimes: sign of the advantage (pos: correct, neg: incorrect) x weight up or down.
 REGIMES: tuple[str, ...] = ("pos_up", "pos_down", "neg_up", "neg_down")
-REGIME_STATS: tuple[str, ...] = ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy")
+# The entropy push (workbench.core.regimes): first-order entropy change of the step carried by the
+# regime's tokens (positive: entropy up), and the part of it carried by its clipped tokens.
+ENTROPY_PUSH, ENTROPY_PUSH_CLIPPED = "entropy_push", "entropy_push_clipped"
+REGIME_STATS: tuple[str, ...] = ("token_frac", "clip_frac", "weight_mean", "clip_mass", "entropy",
+                                 ENTROPY_PUSH, ENTROPY_PUSH_CLIPPED)
 
 
 def regime_key(regime: str, stat: str) -> str:

@@ -134,7 +134,7 @@ def register_objective(
 def objective_terms(name: str, logp, old_logp, advantages, mask, params=None) -> tuple[torch.Tensor, Terms, torch.Tensor]:
     """`(per_token_loss, terms, adv)` of objective `name`: the loss of `get_objective(name)` plus
     its ratio, weight and clip decisions and the (B, T) advantages, for callers that reduce the
-    statistics themselves (engines that average over micro-batches: `workbench.core.regime_sums`)."""
+    statistics themselves (`workbench.core.regimes.RegimeAccumulator`, `regime_sums`)."""
     spec = get_spec(name)
     if params is None:
         params = spec.default_params

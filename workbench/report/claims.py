@@ -19,7 +19,7 @@ import pandas as pd
 
 from workbench.errors import UserError
 from workbench.sweep.claims import RULE, ClaimResult, ClaimSpec, declared_claims, declared_looks, judge
-from workbench.names import (ENTROPY_MEAN, FINISHED, RATIO_ABS_DEV, REGIMES, TAG_ARM, TAG_COLLAPSE, TAG_SEED, TAG_SEEDS,
+from workbench.names import (ENTROPY_MEAN, ENTROPY_PUSH, FINISHED, RATIO_ABS_DEV, REGIMES, TAG_ARM, TAG_COLLAPSE, TAG_SEED, TAG_SEEDS,
                              regime_key)
 from workbench.report.runs import accuracy_key, curve, final_value
 from workbench.tracking import RunRecord
@@ -53,6 +53,10 @@ def run_measure(run: RunRecord, measure: str, acc_key: str | None) -> float:
         late = c.values[c.steps > c.steps.max() * 2 / 3]
         late = late[~np.isnan(late)]
         return float(late.mean()) if len(late) else math.nan
+    if measure.startswith("entropy_push:"):
+        c = curve(run, regime_key(measure.removeprefix("entropy_push:"), ENTROPY_PUSH))
+        pushes = c.values[~np.isnan(c.values)] if c is not None else np.array([])
+        return float(pushes.mean()) if len(pushes) else math.nan
     raise ValueError(f"unknown measure {measure!r}")
 
 

@@ -42,7 +42,7 @@ from workbench import tracking
 from workbench.errors import UserError
 from workbench.services.stack import port_free
 from workbench.report import claims as claims_report
-from workbench.report import clip_space, curves, perf, trials
+from workbench.report import clip_space, curves, mechanism, perf, trials
 from workbench.metrics.collapse import KINDS, TITLES, Criterion
 from workbench.names import EVAL_PREFIX, REGIME_PREFIX
 from workbench.report.runs import (BOUNDS, accuracy_key, best_value, collapse_criteria, collapse_marker,
@@ -168,6 +168,10 @@ HOW = {
                    "clipped, and each regime's share of the tokens.",
     "collapse": "Repetition rate with its threshold, response length (correct vs incorrect) with the length-collapse "
                 "limit, and truncation. The dashed line marks a detected collapse onset and its kind.",
+    "mechanism": "Per step, the first-order entropy change each regime's tokens pushed (Cui et al., arXiv "
+                 "2505.22617: minus the covariance of a token's log-probability with its weighted advantage, centred "
+                 "over the step's regime tokens; > 0 pushes entropy up): solid for tokens the bound kept, dotted for "
+                 "tokens it clipped. The parts add up to the whole step's push. Right: the entropy it moved.",
     "learning": "Reward, train accuracy and eval accuracy (avg@k, pass@k) per configuration: mean over seeds with "
                 "a min-max band, over steps (left) and wall-clock time (right).",
     "trials": "One line per configuration (a trial's seeds averaged), labelled by the bound values that differ, "
@@ -207,6 +211,9 @@ def _sections(target: TargetRuns, acc_key: str | None) -> list[Section]:
                          "batch/zero_adv_group_frac)")
         out.append(Section(name, title, HOW[name], curves.plot_panels(info) if has else None,
                            "; ".join(notes) or None))
+    mech = mechanism.mechanism_info(runs)
+    out.append(Section("mechanism", "Entropy mechanism", HOW["mechanism"],
+                       mechanism.plot_mechanism(mech) if mech.runs else None, mechanism.mechanism_note(mech)))
     learn = curves.learning_info(runs, acc_key)
     note = f"not logged: {', '.join(learn.missing)}" if learn.missing else None
     if len(learn.groups) > learn.shown:

@@ -31,13 +31,15 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from workbench.names import TAG_CLAIMS
+from workbench.names import REGIMES, TAG_CLAIMS
 
 MIN_SEEDS = 5  # at the last look: below it no 0/1 claim can be decided at all
 MEASURES = {
     "entropy_late": "mean token entropy (entropy/mean) over the last third of the training steps",
     "final_accuracy": "held-out accuracy (avg@k) at the last evaluation",
     "collapse:<kind>": "1 if the run was flagged collapse=<kind>, else 0 (share of seeds that collapsed)",
+    "entropy_push:<regime>": "mean over the run's steps of regime/<regime>/entropy_push (first-order entropy change "
+                             "its tokens pushed; > 0: up)",
 }
 BINARY_MEASURES = {"collapse:<kind>"}  # 0/1 per run: exact tests; every other family is continuous
 # Effects inside +-margin do not matter (units of the measure). A share of 0.3 of the runs for 0/1
@@ -83,7 +85,7 @@ class ClaimSpec(BaseModel):
 
     id: str = Field(pattern=r"^[a-z0-9_]+$", description="short name, used as the table's row key")
     text: str = Field(min_length=1, description="the claim in words, as the paper makes it")
-    measure: str = Field(description="one of MEASURES, e.g. entropy_late | final_accuracy | collapse:<kind>")
+    measure: str = Field(description="one of MEASURES, e.g. entropy_late | final_accuracy | collapse:<kind> | entropy_push:<regime>")
     arms: list[str] = Field(min_length=2, description="arms in the claimed order, best (or highest) first")
     expect: Literal["higher", "lower"] = Field(description="higher: arms[0] > arms[1] > ...; lower: the reverse")
     margin: float | None = Field(None, gt=0, description="effects inside +-margin do not matter (the measure's units)")

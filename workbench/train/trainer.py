@@ -42,7 +42,8 @@ from workbench.errors import UserError, disk_full, first_line
 from workbench.train.evaluation import evaluate
 from workbench.metrics.responses import response_metrics
 from workbench.models.policy import build_prompt, is_micro, select_device
-from workbench.core.objectives import aggregate, get_spec
+from workbench.core.objectives import aggregate, get_spec, objective_terms
+from workbench.core.regimes import RegimeAccumulator, logp_coef
 from workbench.names import (ENTROPY_MEAN, FAILED, FINISHED, GRAD_NORM, KILLED, KIND_TRAIN, LOGP_MISMATCH_MAX,
                              LOGP_MISMATCH_MEAN, LOSS_POLICY, RATIO_ABS_DEV, RATIO_MAX, RATIO_MEAN, REGIME_STATS,
                              REGIMES, REWARD_MEAN, ROLLOUT_POSITIONS_PER_S, ROLLOUT_TOKENS_PER_S, STEP_S, STOPPED,
@@ -313,20 +314,13 @@ class _Run:
     def _update(self, batch, old_logp, adv, keep: torch.Tensor) -> dict[str, float]:
         """`updates_per_rollout` optimizer steps over minibatches of the kept samples."""
         cfg = self.cfg
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        maxes: dict[str, float] = {}
         if len(keep) == 0:  # every group all-equal under dynamic sampling: nothing to learn from
             return {LOSS_POLICY: 0.0, GRAD_NORM: 0.0, ENTROPY_MEAN: math.nan}
-        def record(m: dict[str, float]) -> None:
-            for k, v in m.items():
-                if math.isnan(v):  # a regime absent from a minibatch has no mean there
-                    continue
-                if k.endswith("/max"):
-                    maxes[k] = max(v, maxes.get(k, -math.inf))
-                else:
-                    sums[k] = sums.get(k, 0.0) + v
-                    counts[k] = counts.get(k, 0) + 1
+        # Regime statistics: token sums over every micro-batch of the step, divided once
+        # (workbench.core.regimes); loss and grad norm: mean over optimizer steps.
+        regimes = RegimeAccumulator()
+        losses: list[float] = []
+        gnorms: list[float] = []
 
         for _ in range(cfg.epochs):
             order = keep[torch.randperm(len(keep), generator=self.shuffle)]
@@ -337,21 +331,23 @@ class _Run:
                     mb = batch.select(part)
                     with self._autocast():
                         logp, ent = response_logp(self.policy, mb, cfg.rollout.temperature, with_entropy=True)
-                    per_token, m = self.spec.fn(logp, old_logp[part], adv[part], mb.mask, self.params, entropy=ent)
+                    per_token, terms, adv_bt = objective_terms(self.spec.name, logp, old_logp[part], adv[part],
+                                                               mb.mask, self.params)
                     loss = aggregate(per_token, mb.mask, mode=self.agg_mode) * share
                     if not torch.isfinite(loss):
                         raise NanLoss(f"loss is {loss.item()} at step {self.step + 1}")
+                    regimes.add(terms.ratio, terms.weight, terms.clipped, adv_bt, mb.mask, ent.detach(),
+                                logp.detach(), logp_coef(per_token, logp))
                     loss.backward()
                     total += loss.item()
-                    m[ENTROPY_MEAN] = ((ent * mb.mask).sum() / mb.mask.sum().clamp(min=1)).item()
-                    record(m)
                 gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.opt.step()
                 self.updates += 1
                 if self.snapshots is not None:
                     self.snapshots.record(self.updates, self.policy)
-                record({LOSS_POLICY: total, GRAD_NORM: gnorm.item()})
-        return {**{k: sums[k] / counts[k] for k in sums}, **maxes}
+                losses.append(total)
+                gnorms.append(gnorm.item())
+        return {**regimes.result(), LOSS_POLICY: fmean(losses), GRAD_NORM: fmean(gnorms)}
 
     def _micro_batches(self, batch, idx: torch.Tensor):
         """Split a minibatch for gradient accumulation; each part's loss is scaled by its share

@@ -60,7 +60,7 @@ def _recording_trainer():
             self.records.append({
                 "logp": logp.detach().cpu(), "old_logp": old_logp.detach().cpu(), "adv": adv.detach().cpu(),
                 "mask": mask.detach().cpu(), "entropy": entropy.detach().cpu(), "loss": loss.item(),
-                "metrics": {k: v[-1] for k, v in self._metrics[mode].items() if k.startswith((REGIME_PREFIX, "ratio/"))},
+                "metrics": {k: v for k, v in self.wb_last_metrics.items() if k.startswith((REGIME_PREFIX, "ratio/"))},
             })
             return loss
 
@@ -86,8 +86,8 @@ def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _max_gap(got: dict[str, float], want: dict[str, float]) -> float:
     """Largest |got - want| over got's keys; NaN on both sides agrees, NaN on one side counts as inf."""
     gap = 0.0
-    for k, v in got.items():
-        w = want[k]
+    for k in got.keys() & want.keys():  # got also has the entropy push, which needs the gradient
+        v, w = got[k], want[k]
         if math.isnan(v) and math.isnan(w):
             continue
         gap = max(gap, math.inf if math.isnan(v) or math.isnan(w) else abs(v - w))

@@ -14,10 +14,12 @@ Where this departs from TRL's own `_compute_loss`, and why:
   TRL's grpo/bnpo losses are; DDP then averages ranks. For token_mean this is the mean of
   per-micro-batch token means, not one token mean over the whole minibatch.
 - Regime metrics are computed over the union of all ranks' tokens: each micro-batch's
-  log-probs, old log-probs, advantages, mask and entropy are gathered (padded to one length)
-  and the objective is evaluated on them once more without gradient. Its sums and counts
-  therefore span every rank, token-weighted, not rank 0's share. Across the micro-batches of
-  a step they are averaged skipping NaN, as the local trainer averages its minibatches.
+  log-probs, old log-probs, advantages, mask, entropy and logp coefficient (for the entropy
+  push) are gathered (padded to one length) and the objective is evaluated on them once more
+  without gradient. Their token sums go into one `RegimeAccumulator` per mode, divided once
+  when TRL logs (once per rollout batch): the same token-weighted statistics over every
+  micro-batch and rank as the local trainer's (workbench.core.regimes). `loss/policy` stays
+  TRL's mean of the micro-batch losses.
 
 `_compute_loss` is private TRL API: the `trl` extra pins the tested release.
 """
@@ -28,8 +30,9 @@ import torch
 from trl import GRPOTrainer
 
 from workbench.engines.trl.settings import computes_old_logps
-from workbench.names import ENTROPY_MEAN, LOSS_POLICY
-from workbench.core.objectives import aggregate, get_spec
+from workbench.names import LOSS_POLICY
+from workbench.core.objectives import aggregate, get_spec, objective_terms
+from workbench.core.regimes import RegimeAccumulator, logp_coef
 
 
 class MissingOldLogps(RuntimeError):
@@ -78,10 +81,10 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         return logp, old_logp, inputs["advantages"], completion_mask, entropy
 
     def _objective_loss(self, logp, old_logp, adv, mask, entropy) -> torch.Tensor:
-        """The objective's aggregated loss of this micro-batch; records the all-rank regime metrics."""
+        """The objective's aggregated loss of this micro-batch; records the all-rank regime sums."""
         per_token, _ = self.wb_spec.fn(logp, old_logp, adv, mask, self.wb_params, entropy=entropy)
         loss = aggregate(per_token, mask, self.wb_aggregation)
-        self._record_metrics(logp, old_logp, adv, mask, entropy)
+        self._record_metrics(logp, old_logp, adv, mask, entropy, logp_coef(per_token, logp))
         return loss
 
     # --- metrics ----------------------------------------------------------------------------
@@ -94,15 +97,39 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         return self.accelerator.gather(x)
 
     @torch.no_grad()
-    def all_rank_metrics(self, logp, old_logp, adv, mask, entropy) -> dict[str, float]:
-        """Regime metrics, `loss/policy` and `entropy/mean` of the micro-batch over the tokens of every rank."""
+    def all_rank_metrics(self, logp, old_logp, adv, mask, entropy, coef=None) -> dict[str, float]:
+        """Regime sums of the micro-batch over every rank's tokens into this mode's accumulator;
+        returns the micro-batch's own statistics (regime metrics, `entropy/mean`, `loss/policy`)."""
         g = [self._gather(t) for t in (logp, old_logp, adv, mask.to(logp.dtype), entropy)]
-        per_token, metrics = self.wb_spec.fn(g[0], g[1], g[2], g[3], self.wb_params, entropy=g[4])
+        gc = self._gather(coef) if coef is not None else None
+        per_token, terms, adv_bt = objective_terms(self.wb_spec.name, g[0], g[1], g[2], g[3], self.wb_params)
+        args = (terms.ratio, terms.weight, terms.clipped, adv_bt, g[3], g[4], None if gc is None else g[0], gc)
+        self._wb_accumulator(self._mode()).add(*args)
+        piece = RegimeAccumulator()
+        piece.add(*args)
+        metrics = piece.result()
         metrics[LOSS_POLICY] = aggregate(per_token, g[3], self.wb_aggregation).item()
-        metrics[ENTROPY_MEAN] = ((g[4] * g[3]).sum() / g[3].sum().clamp_min(1)).item()  # TRL's key, gone with its loss
+        self.wb_last_metrics = metrics  # the workbench.engines.trl.check recorder compares these
         return metrics
 
-    def _record_metrics(self, logp, old_logp, adv, mask, entropy) -> None:
-        mode = "train" if self.model.training else "eval"
-        for key, value in self.all_rank_metrics(logp, old_logp, adv, mask, entropy).items():
-            self._metrics[mode][key].append(value)
+    def _mode(self) -> str:
+        return "train" if self.model.training else "eval"
+
+    def _wb_accumulator(self, mode: str) -> RegimeAccumulator:
+        accs = self.__dict__.setdefault("_wb_accumulators", {})
+        return accs.setdefault(mode, RegimeAccumulator())
+
+    def _record_metrics(self, logp, old_logp, adv, mask, entropy, coef=None) -> None:
+        self._metrics[self._mode()][LOSS_POLICY].append(self.all_rank_metrics(logp, old_logp, adv, mask, entropy, coef)[LOSS_POLICY])
+
+    def step_metrics(self, mode: str) -> dict[str, float]:
+        """The accumulated regime statistics of `mode` since the last log, and a fresh accumulator."""
+        acc = self.__dict__.setdefault("_wb_accumulators", {}).pop(mode, None)
+        return acc.result() if acc is not None else {}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # TRL averages each list in self._metrics; one value per key gives our step-wide figure.
+        mode = self._mode()
+        for key, value in self.step_metrics(mode).items():
+            self._metrics[mode][key] = [value]
+        super().log(logs, start_time)

@@ -4,8 +4,9 @@ verl's MLflow logger writes its own keys into the run (with `@` as `_at_`). Afte
 (and while a sweep polls it) `translate_step` adds ours to the same run, so collapse
 detection, `dispo-wb report` and sweeps read a verl run like a local one:
 
-    actor/wb/...                      sums and counts (workbench.core.regime_sums) -> regime/<r>/token_frac,
-                                      clip_frac, weight_mean, clip_mass; ratio/mean, ratio/abs_dev_mean
+    actor/wb/...                      token sums (workbench.core.regimes.regime_sums) -> regime/<r>/token_frac,
+                                      clip_frac, weight_mean, clip_mass, entropy_push, entropy_push_clipped;
+                                      ratio/mean, ratio/abs_dev_mean
     actor/pg_loss                     loss/policy
     actor/grad_norm                   grad/norm
     actor/entropy                     entropy/mean
@@ -27,7 +28,7 @@ import re
 
 from workbench.names import (ENTROPY_MEAN, GRAD_NORM, LENGTH_MEAN, LOSS_POLICY, REWARD_MEAN, STEP_S, TRAIN_ACCURACY,
                              TRUNCATED_FRAC, eval_key, pass_at)
-from workbench.core.regime_sums import metrics_from_sums
+from workbench.core.regimes import metrics_from_sums
 
 METRIC_PREFIX = "actor/wb/"  # what the wb_* losses prefix their sums with
 

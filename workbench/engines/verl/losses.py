@@ -6,10 +6,18 @@ implementation), multiplies verl's rollout-correction weights in as verl's built
 aggregates with verl's own `agg_loss` and `config.global_batch_info`, so `token-mean` etc. mean
 what verl means across micro-batches and data-parallel ranks.
 
-Metrics: verl averages each returned metric over micro-batches and ranks with equal weight.
-The losses therefore return the sums and counts of `workbench.core.regime_sums` under
-`actor/wb/...`; `workbench.engines.verl.keys` divides them after that averaging, which gives
-token-weighted regime statistics (tests/test_verl_metrics.py shows it through verl's reduction).
+Metrics: verl's `ppo_loss` (verl/workers/utils/losses.py) wraps each returned metric in a
+`Metric` with MEAN aggregation; the worker averages it over a rank's micro-batches, then over
+data-parallel ranks (`Metric.aggregate_dp`, which requires the same micro-batch count on every
+rank), and the trainer's `reduce_metrics` averages over mini-batches. Every piece gets the same
+weight when every mini-batch has the same number of micro-batches per rank (fixed micro-batch
+size; with use_dynamic_bsz the counts may differ and the statistics are then only approximately
+token-weighted). The losses therefore return the token sums of `workbench.core.regimes.regime_sums`
+(with logp and its coefficient, for the entropy push) under `actor/wb/...`;
+`workbench.engines.verl.keys` divides them after that averaging: a ratio of two equal-weight
+means is the ratio of the totals, the same token-weighted statistics as the local trainer's
+(tests/test_regime_engines.py). verl does not pass entropy to a policy loss, so a verl run has no
+per-regime entropy.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register
 
 from workbench.engines.verl.keys import METRIC_PREFIX
 from workbench.core.objectives import ClipParams, DispoParams, get_spec, list_objectives, objective_terms
-from workbench.core.regime_sums import regime_sums
+from workbench.core.regimes import logp_coef, regime_sums
 from workbench.params import DISPO_BOUNDS
 
 PREFIX = "wb_"
@@ -64,7 +72,9 @@ def make_policy_loss(objective: str):
             per_token = per_token * rollout_is_weights
         loss = agg_loss(loss_mat=per_token, loss_mask=response_mask, loss_agg_mode=loss_agg_mode,
                         **config.global_batch_info)
-        sums = regime_sums(terms.ratio, terms.weight, terms.clipped, adv, response_mask)
+        coef = logp_coef(per_token, log_prob)  # None without a graph: no entropy push then
+        sums = regime_sums(terms.ratio, terms.weight, terms.clipped, adv, response_mask,
+                           logp=None if coef is None else log_prob.detach(), coef=coef)
         values = torch.stack(list(sums.values())).tolist()  # one device sync
         return loss, {METRIC_PREFIX + k: v for k, v in zip(sums, values)}
 
