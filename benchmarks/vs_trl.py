@@ -11,8 +11,9 @@ batch of 16 prompts x 8 samples (`steps_per_generation=16`, `per_device_train_ba
 `gradient_accumulation_steps=1`, so TRL recomputes old log-probs after generation, as
 dispo-wb does) followed by 16 AdamW steps; no KL term. A "step" below is that whole cycle.
 
-Each arm runs in its own process (peak RSS is that process's `ru_maxrss`; dispo-wb's reward
-worker processes are not in it, TRL scores in-process). Pairs alternate the order (AB, BA,
+Each arm runs in its own process (peak RSS is that process's own high-water mark, VmHWM in
+/proc/self/status: `ru_maxrss` would carry the parent's peak through fork and exec; dispo-wb's
+reward worker processes are not in it, TRL scores in-process). Pairs alternate the order (AB, BA,
 ...), the load average is printed with each pair, and the ratio is taken from the medians of
 this one invocation: on a shared machine only figures from the same run compare.
 """
@@ -23,7 +24,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +35,11 @@ PHASES = ("generate", "reward", "old_logp", "update", "tracking")
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS; ru_maxrss is inherited through fork and exec, so an arm would report its parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _config(args, steps: int):

@@ -165,13 +165,20 @@ def test_checkpoint_holds_only_the_snapshots_rollouts_will_read(store):
     assert state["snapshots"][-1][1] is state["policy"]
 
 
-def test_lagged_old_policy_holds_no_copy_of_its_own_and_lets_a_read_snapshot_go(store, monkeypatch):
-    """On CPU old_policy's weights are the ring's tensors; the state a boundary read is freed once the ring drops it."""
+@pytest.mark.parametrize("old_logp", ["auto", "recompute"])
+def test_lagged_old_policy_holds_no_copy_of_its_own_and_lets_a_read_snapshot_go(store, monkeypatch, old_logp):
+    """On CPU old_policy's weights are the ring's tensors; the state a boundary read is freed once the ring drops it.
+
+    old_logp comes from the lagged state: through the decode loop that samples with it (auto), or
+    through the second pass over it (recompute).
+    """
+    from workbench.rollout.hf import HFBackend
     from workbench.train.snapshots import SnapshotRing
 
     uri, ck = store
     runs, seen, used = [], [], []
-    setup, read, real_logp = trainer_mod._Run.setup, SnapshotRing.rollout_state, trainer_mod.response_logp_chunked
+    setup, read = trainer_mod.setup, SnapshotRing.rollout_state
+    real_logp, real_generate = trainer_mod.response_logp_chunked, HFBackend.generate
 
     def held(ring) -> set[int]:
         return {t.data_ptr() for s in ring.entries.values() for t in s.values()}
@@ -185,16 +192,27 @@ def test_lagged_old_policy_holds_no_copy_of_its_own_and_lets_a_read_snapshot_go(
         seen.append(({k: v.clone() for k, v in state.items()}, held(self)))
         return state
 
-    def old_logp(model, *a, **k):
-        used.append({n: (p.detach().clone(), p.data_ptr()) for n, p in model.state_dict().items()})
+    def weights(model):
+        return {n: (p.detach().clone(), p.data_ptr()) for n, p in model.state_dict().items()}
+
+    def old_logp_pass(model, *a, **k):
+        used.append(weights(model))
         return real_logp(model, *a, **k)
 
-    monkeypatch.setattr(trainer_mod._Run, "setup", lambda self, *a, **k: runs.append(self) or setup(self, *a, **k))
+    def generate(self, prompts, n, sampling):
+        if sampling.logprobs:  # a training rollout whose log-probs become old_logp
+            used.append(weights(self.model))
+        return real_generate(self, prompts, n, sampling)
+
+    monkeypatch.setattr(trainer_mod, "setup", lambda parts, *a, **k: runs.append(parts) or setup(parts, *a, **k))
     monkeypatch.setattr(SnapshotRing, "rollout_state", rollout_state)
-    monkeypatch.setattr(trainer_mod, "response_logp_chunked", old_logp)
+    monkeypatch.setattr(trainer_mod, "response_logp_chunked", old_logp_pass)
+    monkeypatch.setattr(HFBackend, "generate", generate)
     # 4 updates per rollout at lag 4: each boundary reads the state one rollout old, which the ring then drops.
-    result = train(tiny_config(steps=4, eval={"every": 100, "limit": 4}), tracking_uri=uri, progress=False,
-                   checkpoint_root=ck)
+    result = train(tiny_config(steps=4, eval={"every": 100, "limit": 4},
+                               rollout={"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 24,
+                                        "old_logp": old_logp}),
+                   tracking_uri=uri, progress=False, checkpoint_root=ck)
     assert result.status == "FINISHED" and len(seen) == len(used) == 4
     for (state, ptrs), weights in zip(seen, used):
         for name, (value, ptr) in weights.items():

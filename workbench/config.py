@@ -101,6 +101,7 @@ class RolloutConfig(Strict):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (entropy is measured at it)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     max_new_tokens: int = Field(48, ge=1, description="response length limit; longer responses are truncated")
+    old_logp: Literal["auto", "recompute"] = Field("auto", description="auto: old log-probs from the decode loop's own logits where exact (hf backend, no top-p, no CUDA autocast), else a second forward pass; recompute: always the second pass")
     gpu_memory_utilization: float = Field(0.35, gt=0, lt=1, description="vLLM share of GPU memory")
     enable_sleep_mode: bool = Field(True, description="vLLM frees its KV cache while the trainer updates")
 

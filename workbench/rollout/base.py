@@ -3,9 +3,12 @@
 A backend turns prompts into sampled responses. The trainer owns the policy and its
 snapshots; it pushes the weights a rollout should come from with `sync_weights` before
 calling `generate`, so a backend never decides which policy it samples from. Sampling
-log-probs are returned only for diagnostics (`rollout/logp_mismatch_*`): the trainer
-recomputes `old_logp` itself, because an engine's sampler log-probs differ from the
-trainer's forward pass (kernels, precision), and that difference alone moves r away from 1.
+log-probs (asked for with `Sampling.logprobs`) are the log-probs of the distribution each
+token was drawn from. A backend sets `Rollouts.exact_logp` when they are the trainer's own
+`old_logp` up to float rounding (same module, same float32 log_softmax of logits / T, no other
+logit transform); the trainer then skips its second forward pass. Otherwise (an engine's
+kernels and precision, top-p) they serve only as diagnostics (`rollout/logp_mismatch_*`) and
+the trainer recomputes `old_logp`: that difference alone would move r away from 1.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 48
     seed: int | None = None
+    logprobs: bool = False  # return each sampled token's log-prob (Rollouts.sampling_logp)
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Rollouts:
     finish_reasons: list[str]  # "stop" (eos) or "length" (hit max_new_tokens)
     sampling_logp: list[list[float]] | None = None  # per response token, from the engine
     n: int = 1
+    exact_logp: bool = False  # sampling_logp equals the trainer's old_logp up to float rounding
 
     def __len__(self) -> int:
         return len(self.response_ids)

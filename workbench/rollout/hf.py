@@ -1,9 +1,14 @@
 """Rollouts with transformers' `generate` (KV cache), on CPU or GPU.
 
 The backend samples from whatever module it was given; the trainer hands it the policy
-snapshot the rollout must come from (see `sync_weights`). Sampling log-probs are not
-returned: the trainer recomputes `old_logp` with the very same module, so there is no
-engine/trainer mismatch to report on this backend.
+snapshot the rollout must come from (see `sync_weights`). Asked for (`Sampling.logprobs`),
+the decode loop returns each sampled token's log-prob from the logits it sampled with. With
+temperature as the only logit transform that is log_softmax(logits / T) in float32, the very
+computation of the trainer's `old_logp` on the same module, so the rollout's log-probs are
+marked exact (`Rollouts.exact_logp`) and the trainer needs no second forward pass; the values
+differ from that pass by float rounding only (the KV-cached decode sums in another order).
+Top-p changes the distribution drawn from, and `decode="generate"` returns no log-probs:
+neither is exact, and the trainer recomputes.
 
 Sampling runs its own decode loop over transformers' KV cache and logits warpers rather than
 `generate`: a sequence that has emitted <eos> leaves the batch (its rows of the cache are
@@ -44,18 +49,25 @@ class HFBackend:
         expanded = [ids for ids in prompt_ids for _ in range(n)]
         responses: list[list[int]] = []
         reasons: list[str] = []
+        logps: list[list[float]] | None = [] if sampling.logprobs and self.decode == "loop" else None
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(expanded), self.chunk_size):
                 chunk = expanded[start:start + self.chunk_size]
-                step = self._decode_chunk if self.decode == "loop" else self._generate_chunk
-                r, f = step(chunk, sampling)
+                if self.decode == "loop":
+                    r, f, lp = self._decode_chunk(chunk, sampling)
+                    if logps is not None:
+                        logps += lp
+                else:
+                    r, f = self._generate_chunk(chunk, sampling)
                 responses += r
                 reasons += f
         finally:
             self.model.train(was_training)
-        return Rollouts(prompt_ids=expanded, response_ids=responses, finish_reasons=reasons, sampling_logp=None, n=n)
+        exact = logps is not None and sampling.temperature > 0 and sampling.top_p >= 1.0
+        return Rollouts(prompt_ids=expanded, response_ids=responses, finish_reasons=reasons, sampling_logp=logps, n=n,
+                        exact_logp=exact)
 
     def _generate_chunk(self, chunk: list[list[int]], sampling: Sampling) -> tuple[list[list[int]], list[str]]:
         tok = self.tokenizer
@@ -87,7 +99,8 @@ class HFBackend:
                 reasons.append("length")
         return responses, reasons
 
-    def _decode_chunk(self, chunk: list[list[int]], sampling: Sampling) -> tuple[list[list[int]], list[str]]:
+    def _decode_chunk(self, chunk: list[list[int]], sampling: Sampling
+                      ) -> tuple[list[list[int]], list[str], list[list[float]]]:
         tok = self.tokenizer
         width = max(len(c) for c in chunk)
         pad, eos = tok.pad_token_id, tok.eos_token_id
@@ -101,6 +114,7 @@ class HFBackend:
         if not greedy and sampling.top_p < 1.0:
             warp.append(TopPLogitsWarper(sampling.top_p))
         responses: list[list[int]] = [[] for _ in chunk]
+        logps: list[list[float]] = [[] for _ in chunk]
         alive = torch.arange(len(chunk), device=self.device)  # chunk row of each batch row still decoding
         cache = DynamicCache(config=getattr(self.model, "config", None))
         cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
@@ -110,10 +124,18 @@ class HFBackend:
             logits = out.logits[:, -1].float()
             if greedy:
                 nxt = logits.argmax(dim=-1)
+                scores = logits
             else:
-                nxt = torch.multinomial(torch.softmax(warp(ids, logits), dim=-1), 1).squeeze(1)
-            for row, token in zip(alive.tolist(), nxt.tolist()):
+                scores = warp(ids, logits)
+                nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+            rows = alive.tolist()
+            for row, token in zip(rows, nxt.tolist()):
                 responses[row].append(token)
+            if sampling.logprobs:
+                # The trainer's logp: log_softmax of the same float32 logits / T (batching.response_logp).
+                lp = torch.log_softmax(scores, dim=-1).gather(-1, nxt.unsqueeze(1)).squeeze(1)
+                for row, v in zip(rows, lp.tolist()):
+                    logps[row].append(v)
             going = nxt != eos
             if t == sampling.max_new_tokens - 1 or not going.any():
                 break
@@ -125,7 +147,7 @@ class HFBackend:
             attention = torch.cat([attention, attention.new_ones(len(alive), 1)], dim=1)
             positions = positions[:, -1:] + 1
         reasons = ["stop" if r and r[-1] == eos else "length" for r in responses]
-        return responses, reasons
+        return responses, reasons, logps
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         state = dict(named_tensors)
