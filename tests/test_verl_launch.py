@@ -28,6 +28,7 @@ DISPO = {"objective": {"name": "dispo", "params": {"eps_pos_up": 0.1, "eps_pos_d
                                                     "eps_neg_down": math.inf, "mask_mode": True}},
          "rollout": {"prompts_per_step": 32, "group_size": 16, "max_new_tokens": 3072},
          "updates_per_rollout": 16, "epochs": 2, "lr": 1e-6, "steps": 100, "model": {"name": "Qwen/Qwen2.5-Math-1.5B"},
+         "rollout_lag": 0,
          "experiment": "scale", "run_name": "dispo-1p5b"}
 
 
@@ -57,6 +58,17 @@ def test_overrides_carry_each_setting_where_verl_reads_it():
     assert got[a + "loss_agg_mode"] == "token-mean" and got["actor_rollout_ref.rollout.n"] == "16"
     assert got["trainer.logger"] == "[console,mlflow]" and got["trainer.total_training_steps"] == "100"
     assert a + "clip_ratio_low" not in got  # dispo's bounds are not smuggled through verl's clip fields
+
+
+def test_recipe_parts_outside_the_loss_become_verls_group_filter_and_dapo_reward_manager():
+    got = dict(o.lstrip("+").split("=", 1) for o in _overrides({**DISPO, "recipe": "dapo", "objective": {},
+                                                                "overlong": {"buffer": 512, "factor": 0.5}}))
+    assert got["algorithm.filter_groups.enable"] == "true" and got["algorithm.filter_groups.metric"] == "reward"
+    assert got["reward.reward_manager.name"] == "dapo"
+    kw = "reward.reward_kwargs."
+    assert (got[kw + "max_resp_len"], got[kw + "overlong_buffer_cfg.len"], got[kw + "overlong_buffer_cfg.penalty_factor"]) \
+        == ("3072", "512", "0.5")
+    assert not any("filter_groups" in o or "reward_kwargs" in o for o in _overrides(DISPO))
 
 
 def test_prompts_must_split_into_the_minibatches():
@@ -122,7 +134,7 @@ def test_an_engine_run_is_read_back_from_its_mlflow_run(tmp_path, monkeypatch, e
     monkeypatch.setattr(launch, "verl_command", lambda overrides, engine_args=(): [sys.executable, str(script)])
     uri = f"sqlite:///{tmp_path}/m.db"
     seen = []
-    cfg = build_run_config({"engine": "verl", "collapse": {"patience": 3}})
+    cfg = build_run_config({"engine": "verl", "rollout_lag": 0, "collapse": {"patience": 3}})
     result = launch.train(cfg, tracking_uri=uri, on_eval=lambda step, m: seen.append((step, m)) or False,
                           echo=lambda line: None)
     assert result.status == status
@@ -139,8 +151,9 @@ def test_an_engine_run_is_read_back_from_its_mlflow_run(tmp_path, monkeypatch, e
 
 @pytest.mark.parametrize("args, message", [
     (["--engine", "nope"], "engine: must be one of 'local', 'verl' or 'trl'"),
-    (["--engine", "verl"], "verl is not installed in this environment"),
+    (["--engine", "verl", "--rollout-lag", "0"], "verl is not installed in this environment"),
     (["--engine", "verl", "--objective", "ppo2"], "unknown objective 'ppo2'"),
+    (["--engine", "verl", "--dry-run", "--rollout-lag", "8"], "engine verl: rollout_lag=8 has no verl counterpart"),
     (["--dry-run"], "--dry-run and --engine-arg are for --engine verl or trl"),
     (["--engine", "trl", "--engine-arg", "x=1"], "--engine-arg is for --engine verl, not trl"),
 ])
@@ -156,8 +169,8 @@ def test_bad_engine_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkey
 
 def test_dry_run_prints_the_verl_command_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = runner.invoke(app, ["train", "--engine", "verl", "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                              "--engine-arg", "trainer.n_gpus_per_node=8"])
+    out = runner.invoke(app, ["train", "--engine", "verl", "--dry-run", "--rollout-lag", "0",
+                              "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--engine-arg", "trainer.n_gpus_per_node=8"])
     assert out.exit_code == 0, out.output
     line = out.output.strip()
     assert "-m verl.trainer.main_ppo" in line and "actor_rollout_ref.actor.policy_loss.loss_mode=wb_dispo" in line

@@ -19,17 +19,29 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.command()
 def objectives() -> None:
-    """List the registered objectives with their parameters and defaults."""
+    """List the registered objectives with their parameters and defaults, and the recipes (--recipe)."""
     from rich.console import Console
+    from rich.table import Table
 
     from workbench.core.objectives import render_objectives_table
+    from workbench.core.recipes import describe_recipes
 
-    Console().print(render_objectives_table())
+    console = Console()
+    console.print(render_objectives_table())
+    rows = describe_recipes()
+    table = Table(title="recipes (--recipe NAME: every part as its paper states)")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
 
 
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", exists=True, dir_okay=False, help="run config YAML")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="a paper's whole method: grpo, dr_grpo, dapo, cispo, gspo, dispo "
+                                                       "(dispo-wb objectives lists its parts)")] = None,
     objective: Annotated[Optional[str], typer.Option(help="registered objective, e.g. dispo, cispo, dapo")] = None,
     eps_pos_up: Annotated[Optional[float], typer.Option(help="DISPO: correct responses, r > 1 (inf: off)")] = None,
     eps_pos_down: Annotated[Optional[float], typer.Option(help="DISPO: correct responses, r < 1 (>= 1: off)")] = None,
@@ -57,10 +69,10 @@ def train(
         "--engine-arg", metavar="ARG", help="passed to the engine as is, repeatable (verl: trainer.nnodes=2)")] = None,
 ) -> None:
     """Run one RL training run and log it to MLflow."""
-    from workbench.train.launch import parse_set_flags, resume_config, run_config_from_cli
+    from workbench.train.launch import parse_set_flags, recipe_note, resume_config, run_config_from_cli
     from workbench.tracking.location import check_writable_store
 
-    flags = {"objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
+    flags = {"recipe": recipe, "objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
              "objective.params.eps_pos_down": eps_pos_down, "objective.params.eps_neg_up": eps_neg_up,
              "objective.params.eps_neg_down": eps_neg_down, "objective.params.eps_low": eps_low,
              "objective.params.eps_high": eps_high, "model.name": model, "steps": steps, "seed": seed, "lr": lr,
@@ -79,6 +91,9 @@ def train(
         fail(e.lines)
     except UserError as e:
         fail(str(e))
+    note = recipe_note(cfg)
+    if note:
+        typer.echo(note, err=True)
     if cfg.engine != "local" or dry_run or engine_arg:
         raise typer.Exit(_train_on_engine(cfg, tracking_uri, dry_run, engine_arg or [], resume))
     from workbench.train.trainer import train as run_training  # torch loads only for a config that is valid

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
 from workbench.errors import UserError
-from workbench.names import FINISHED, RUNNING, TAG_PID
+from workbench.names import FINISHED, RUNNING, TAG_PID, TAG_RECIPE, TAG_RECIPE_DIFF
 from workbench.params import is_micro
 
 
@@ -42,6 +42,25 @@ def run_config_from_cli(path: Path | None, flags: dict[str, Any], settings: dict
     """The file, then `--set` settings (None is a value there), then the named flags (None: not given)."""
     data = read_yaml(path) if path else {}
     return build_run_config(data, {k: v for k, v in flags.items() if v is not None}, settings=settings)
+
+
+def recipe_note(cfg: RunConfig) -> str | None:
+    """One line when the run does not follow the whole recipe it is measured against; None when it does."""
+    from workbench.core.recipes import get_recipe
+
+    name, diff = cfg.recipe_differences()
+    if not diff:
+        return None
+    recipe = get_recipe(name)
+    how = (f"the run sets {'; '.join(diff)}" if cfg.recipe else
+           f"objective {cfg.objective.name} runs without the rest of its recipe: {'; '.join(diff)}; --recipe {name} sets them")
+    return f"recipe note ({recipe.paper}): {how}"
+
+
+def recipe_tags(cfg: RunConfig) -> dict[str, str]:
+    """The run's recipe tags: the recipe it is measured against and the parts it does not follow."""
+    name, diff = cfg.recipe_differences()
+    return {} if name is None else {TAG_RECIPE: name, TAG_RECIPE_DIFF: "; ".join(diff)}
 
 
 def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, Any]) -> RunConfig:
@@ -183,5 +202,5 @@ def _task_text(task: TaskConfig) -> str:
             f"held-out set of {task.eval_size} (seed {task.eval_seed})")
 
 
-__all__ = ["parse_set_flags", "run_config_from_cli", "resume_config", "checkpoint_source", "evaluate_checkpoint",
+__all__ = ["parse_set_flags", "run_config_from_cli", "recipe_note", "recipe_tags", "resume_config", "checkpoint_source", "evaluate_checkpoint",
            "ConfigError"]

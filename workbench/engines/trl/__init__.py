@@ -70,9 +70,10 @@ def run_params(cfg: RunConfig) -> dict:
 def open_run(cfg: RunConfig, uri: str | None):
     """Our MLflow run for an engine run of `cfg`: the local trainer's params and tags, plus `engine=trl`."""
     from workbench import tracking
+    from workbench.train.launch import recipe_tags
 
     tags = {"engine": "trl", "trl.version": check_trl(), "objective": cfg.objective.name, "task": cfg.task.name,
-            "model": cfg.model.name, "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN}
+            "model": cfg.model.name, "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN, **recipe_tags(cfg)}
     return tracking.RunTracker(experiment=cfg.experiment, run_name=cfg.resolved_run_name(), tracking_uri=uri,
                                params=run_params(cfg), tags=tags, artifacts={"config.yaml": dump_yaml(cfg)})
 

@@ -51,7 +51,8 @@ def refusals(cfg: RunConfig) -> list[str]:
         out.append(f"trl engine: rollout_lag={cfg.rollout_lag} is not supported (TRL samples with the current policy); "
                    "set rollout_lag=0 and make the updates off-policy with updates_per_rollout")
     if cfg.dynamic_sampling:
-        out.append("trl engine: dynamic_sampling is not supported; set dynamic_sampling=false")
+        out.append("trl engine: dynamic_sampling is not supported (TRL trains on every group it generates; the "
+                   "dapo and cispo recipes need it: run them with --engine local or verl, or set dynamic_sampling=false)")
     return out
 
 

@@ -11,9 +11,15 @@ How the run config maps, and what does not carry over:
 - `updates_per_rollout` = `ppo_epochs` x mini-batches: verl splits a rollout batch by prompts
   (`ppo_mini_batch_size` counts prompts), so `prompts_per_step` must be a multiple of the
   mini-batch count; the local trainer splits responses and has no such constraint.
-- `rollout_lag` has no counterpart in verl's synchronous trainer: there, importance ratios move
-  away from 1 only through the later mini-batches of each rollout batch. The run is tagged with
-  the lag it did not get (`verl.rollout_lag_ignored`).
+- `rollout_lag > 0` is refused: verl's off-policy options (`trainer.v1.trainer_mode`
+  separate_async, `sampler.max_off_policy_threshold`) bound staleness in whole trainer steps
+  and let it vary per sample, while the lag is an exact count of optimizer steps; with lag 0,
+  ratios move away from 1 through the later mini-batches of each rollout batch
+  (`updates_per_rollout`), as in the local trainer.
+- The recipe's other parts: `dynamic_sampling` is verl's group filter
+  (`algorithm.filter_groups`, metric `reward`: groups whose rewards are all equal are dropped
+  and refilled), `overlong` is verl's DAPO reward manager with its `overlong_buffer_cfg`
+  (same ramp: 0 up to max - buffer, then linear to -factor at the limit).
 - The objective's aggregation becomes verl's `loss_agg_mode`; the clip objectives' bounds are
   verl's `clip_ratio_low/high` (same meaning: offsets from 1); DISPO's four bounds and mask_mode
   go to `WorkbenchPolicyLossConfig` through `policy_loss._target_`.
@@ -39,6 +45,7 @@ from workbench.config import RunConfig, dump_yaml, flatten
 from workbench.errors import UserError
 from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, FAILED, FINISHED, KILLED, KIND_TRAIN, STOPPED, TAG_COLLAPSE,
                              TAG_COLLAPSE_STEP, TAG_KIND)
+from workbench.train.launch import recipe_tags
 from workbench.train.results import RunResult
 
 LOSS_AGG = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
@@ -68,11 +75,37 @@ def max_prompt_length(cfg: RunConfig, max_prompt_chars: int | None = None) -> in
     return 1024
 
 
+def refusals(cfg: RunConfig) -> list[str]:
+    """What in `cfg` verl would not run as asked, one line each (empty: runnable)."""
+    out = []
+    if cfg.rollout_lag:
+        out.append(f"engine verl: rollout_lag={cfg.rollout_lag} has no verl counterpart (its async modes bound staleness "
+                   "in trainer steps, not an exact count of optimizer steps); set rollout_lag=0 and make updates "
+                   "off-policy with updates_per_rollout")
+    return out
+
+
+def recipe_overrides(cfg: RunConfig) -> list[str]:
+    """verl's options for the recipe parts outside the loss: dynamic sampling and the overlong penalty."""
+    out = []
+    if cfg.dynamic_sampling:
+        out += ["algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=reward"]
+    if cfg.overlong.enabled:
+        o, kw = cfg.overlong, "+reward.reward_kwargs"
+        out += ["reward.reward_manager.name=dapo", f"{kw}.max_resp_len={cfg.rollout.max_new_tokens}",
+                f"{kw}.overlong_buffer_cfg.enable=true", f"{kw}.overlong_buffer_cfg.len={o.buffer}",
+                f"{kw}.overlong_buffer_cfg.penalty_factor={_value(o.factor)}", f"{kw}.overlong_buffer_cfg.log=false"]
+    return out
+
+
 def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, val_file: str | Path,
                    prompt_length: int, reward_file: str | Path = REWARD_FILE) -> list[str]:
     """verl's Hydra overrides for one run config (`python -m verl.trainer.main_ppo <these>`)."""
     from workbench.core.objectives import ClipParams, get_spec
 
+    problems = refusals(cfg)
+    if problems:
+        raise UserError(problems[0])
     if cfg.rollout.prompts_per_step % cfg.minibatches:
         raise UserError(f"engine verl splits a rollout batch by prompts: rollout.prompts_per_step "
                         f"({cfg.rollout.prompts_per_step}) must be a multiple of updates_per_rollout/epochs "
@@ -124,6 +157,7 @@ def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, v
         f"{r}.val_kwargs.do_sample=true",
         f"reward.custom_reward_function.path={reward_file}",
         "reward.custom_reward_function.name=compute_score",
+        *recipe_overrides(cfg),
         f"trainer.total_training_steps={cfg.steps}",
         "trainer.total_epochs=1",  # the train file holds exactly steps x prompts_per_step prompts
         f"trainer.test_freq={cfg.eval.every}",
@@ -204,13 +238,16 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     """One verl run as a RunResult, like `workbench.train.trainer.train` (sweeps call this per seed)."""
     from workbench import tracking
 
+    problems = refusals(config)
+    if problems:  # before anything is exported
+        raise UserError(problems[0])
     check_available()
     check_registered(config.objective.name)
     overrides, _where = prepare(config)
     cmd = verl_command(overrides, engine_args)
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
-            "engine": "verl", "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN,
-            "verl.rollout_lag_ignored": str(config.rollout_lag), **(extra_tags or {})}
+            "engine": "verl", "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN, **recipe_tags(config),
+            **(extra_tags or {})}
     tracker = tracking.RunTracker(experiment=config.experiment, run_name=config.resolved_run_name(),
                                   tracking_uri=tracking_uri, params=flatten(config.model_dump(mode="python")),
                                   tags=tags, parent_run_id=parent_run_id,
