@@ -130,6 +130,7 @@ def test_an_engine_run_is_read_back_from_its_mlflow_run(tmp_path, monkeypatch, e
     monkeypatch.setenv("FAKE_VERL_EXIT", str(exit_code))
     monkeypatch.setattr(launch, "check_available", lambda: None)
     monkeypatch.setattr(launch, "check_registered", lambda objective: None)
+    monkeypatch.setattr(launch, "check_config", lambda cfg, engine_args=(): None)
     monkeypatch.setattr(launch, "prepare", lambda cfg: ([], tmp_path))
     monkeypatch.setattr(launch, "verl_command", lambda overrides, engine_args=(): [sys.executable, str(script)])
     uri = f"sqlite:///{tmp_path}/m.db"

@@ -193,6 +193,19 @@ def check_registered(objective: str) -> None:
                         f"{', '.join(wb)}); is dispo-wb installed in verl's environment with its verl.plugins entry point?")
 
 
+def check_config(cfg: RunConfig, engine_args: list[str] | tuple[str, ...] = ()) -> None:
+    """verl's own config checks (`workbench.engines.verl.checks`) on the run's overrides, before anything is
+    exported: a key verl does not have or a batch that does not divide stops the launch in one line."""
+    from workbench.engines.verl.checks import check_overrides
+
+    where = work_dir(cfg)
+    overrides = verl_overrides(cfg, model_path=str(where / "model"), train_file=where / "data/train.parquet",
+                               val_file=where / "data/val.parquet", prompt_length=max_prompt_length(cfg))
+    problems = check_overrides([*overrides, *engine_args])
+    if problems:
+        raise UserError(f"engine verl: {problems[0]}")
+
+
 def work_dir(cfg: RunConfig) -> Path:
     """Where a run's parquet files and exported model go: one folder per config."""
     digest = hashlib.sha256(dump_yaml(cfg).encode()).hexdigest()[:12]
@@ -243,6 +256,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
         raise UserError(problems[0])
     check_available()
     check_registered(config.objective.name)
+    check_config(config, engine_args)
     overrides, _where = prepare(config)
     cmd = verl_command(overrides, engine_args)
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
