@@ -93,6 +93,7 @@ TAG_FAILURE = "failure_reason"
 TAG_RECIPE = "dispo.recipe"  # the recipe a run is measured against (workbench.core.recipes)
 TAG_RECIPE_DIFF = "dispo.recipe_diff"  # the parts of it the run does not follow; "" when none
 TAG_COLLAPSE = "collapse"
+TAG_STOPPED_EARLY = "stopped_early"  # a run ended early by on_eval or a collapse stop
 TAG_COLLAPSE_STEP = "collapse_step"
 TAG_OPTUNA_STORAGE = "optuna.storage"
 TAG_OPTUNA_SAMPLER = "optuna.sampler"

@@ -123,8 +123,8 @@ def _train_on_engine(cfg, tracking_uri: str | None, dry_run: bool, engine_args: 
 
     if cfg.engine == "local":
         fail("--dry-run and --engine-arg are for --engine verl or trl; the local trainer takes neither")
-    if resume:
-        fail(f"--resume is for local runs; engine {cfg.engine} resumes through its own checkpoints")
+    if resume and cfg.engine != "trl":
+        fail(f"--resume is for local and trl runs; engine {cfg.engine} keeps no checkpoints the workbench can resume")
     if engine_args and cfg.engine != "verl":
         fail(f"--engine-arg is for --engine verl, not {cfg.engine}")
     try:
@@ -132,7 +132,8 @@ def _train_on_engine(cfg, tracking_uri: str | None, dry_run: bool, engine_args: 
     except ImportError as e:
         fail(f"engine {cfg.engine} is not available in this install: {e}")
     try:
-        return launch(cfg, tracking_uri=tracking_uri, dry_run=dry_run, engine_args=engine_args)
+        return launch(cfg, tracking_uri=tracking_uri, dry_run=dry_run, engine_args=engine_args,
+                      **({"resume": resume} if resume else {}))
     except (UserError, ConfigError) as e:
         fail(getattr(e, "lines", None) or str(e))
 

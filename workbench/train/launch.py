@@ -86,11 +86,12 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
         mark_killed(run_id, f"found RUNNING but {gone}; resumed with dispo-wb train --resume", tracking_uri)
     from workbench.train.checkpoint import checkpoint_path
 
-    if not checkpoint_path(run_id).exists():
-        raise UserError(f"--resume: run {run_id} has no checkpoint at {checkpoint_path(run_id)}")
     import yaml
 
     data = yaml.safe_load(tracking.download_text(run_id, "config.yaml", tracking_uri))
+    # An engine run resumes from its engine's own checkpoints, which its launcher looks for.
+    if data.get("engine", "local") == "local" and not checkpoint_path(run_id).exists():
+        raise UserError(f"--resume: run {run_id} has no checkpoint at {checkpoint_path(run_id)}")
     return build_run_config(data, {k: v for k, v in overrides.items() if v is not None})
 
 

@@ -85,7 +85,11 @@ def grpo_kwargs(cfg: RunConfig, *, world_size: int, output_dir: str, use_cpu: bo
         "bf16": not use_cpu and cfg.model.dtype != "float32",
         "gradient_checkpointing": cfg.model.gradient_checkpointing,  # TRL's default is on
         "report_to": "none",  # metrics reach MLflow through our callback, under our keys
-        "save_strategy": "no",
+        # TRL's own checkpoints (model, optimizer, scheduler, RNG, step) every checkpoint_every of our steps:
+        # `dispo-wb train --resume RUN_ID` continues from the last one (resume_from_checkpoint).
+        "save_strategy": "steps",
+        "save_steps": cfg.checkpoint_every * cfg.updates_per_rollout,
+        "save_total_limit": 2,
         "log_completions": False,
         "disable_tqdm": True,
     }
