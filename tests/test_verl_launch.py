@@ -190,3 +190,58 @@ def test_a_verl_study_trains_each_seed_as_a_verl_job_read_back_like_the_trainer(
     assert engine_train_fn("verl", fake_trainer.train) is launch.train
     with pytest.raises(UserError, match="sweeps do not run on engine trl yet"):
         engine_train_fn("trl", fake_trainer.train)
+
+
+FAKE_VERL_ROLLOUTS = textwrap.dedent('''
+    """Stands in for verl: logs verl's keys (with the wb_* losses' regime sums) and dumps each step's rollouts
+    into trainer.rollout_data_dir as verl's trainer does (<step>.jsonl: output, gts, score, step)."""
+    import json, os, sys
+    import mlflow
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    rollouts = sys.argv[1]
+    os.makedirs(rollouts, exist_ok=True)
+    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
+        for step in range(1, 9):
+            loops = step >= 4  # from step 4 the policy repeats itself
+            rows = [{"output": "1111111111111111" if loops else "12+3=15 \\\\boxed{15}", "gts": "15", "score": 0.0 if loops else 1.0, "step": step},
+                    {"output": "7777777777" if loops else "7+8=14", "gts": "15", "score": 0.0, "step": step}]
+            with open(os.path.join(rollouts, f"{step}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\\n" for r in rows)
+            metrics = {"response_length/mean": 12.0, "actor/entropy": 1.0, "critic/score/mean": 0.5,
+                       "actor/wb/tokens": 20.0, "actor/wb/nonzero_tokens": 20.0, "actor/wb/ratio_sum": 20.0, "actor/wb/abs_dev_sum": 1.0}
+            for regime in ("pos_up", "pos_down", "neg_up", "neg_down"):
+                metrics |= {f"actor/wb/{regime}/tokens": 5.0, f"actor/wb/{regime}/clipped": 1.0, f"actor/wb/{regime}/weight_sum": 5.0,
+                            f"actor/wb/{regime}/moved_sum": 0.5, f"actor/wb/{regime}/ratio_sum": 5.0}
+            mlflow.log_metrics(metrics, step=step)
+''')
+
+
+def test_a_verl_run_carries_the_missions_response_metrics_and_regimes_under_local_names(tmp_path, monkeypatch):
+    from workbench import tracking
+    from workbench.models.policy import build_char_tokenizer
+
+    script = tmp_path / "fake_verl.py"
+    script.write_text(FAKE_VERL_ROLLOUTS)
+    build_char_tokenizer().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(launch, "check_available", lambda: None)
+    monkeypatch.setattr(launch, "check_registered", lambda objective: None)
+    monkeypatch.setattr(launch, "check_config", lambda cfg, engine_args=(): None)
+    monkeypatch.setattr(launch, "prepare", lambda cfg: ([f"actor_rollout_ref.model.path={tmp_path / 'model'}"], tmp_path))
+    monkeypatch.setattr(launch, "verl_command",
+                        lambda overrides, engine_args=(): [sys.executable, str(script), str(tmp_path / "rollouts")])
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cfg = build_run_config({"engine": "verl", "rollout_lag": 0, "collapse": {"patience": 3}})
+    result = launch.train(cfg, tracking_uri=uri, echo=lambda line: None)
+    assert result.status == "FINISHED"
+    keys = ["response/repetition_rate", "response/length_correct", "response/length_incorrect",
+            "regime/neg_up/clip_frac", "regime/pos_down/token_frac"]
+    got = tracking.metric_histories(result.run_id, keys, uri)
+    assert [s for s, _ in got["response/repetition_rate"]] == list(range(1, 9))  # every step, each once
+    rep = dict(got["response/repetition_rate"])
+    assert rep[3] < 0.2 and rep[4] > 0.8  # the policy loops from step 4
+    assert dict(got["response/length_correct"])[1] == len("12+3=15 \\boxed{15}") - len("\\boxed{") + 1
+    assert dict(got["response/length_incorrect"])[1] == 6.0 and 4 not in dict(got["response/length_correct"])
+    assert dict(got["regime/neg_up/clip_frac"])[5] == 0.2 and dict(got["regime/pos_down/token_frac"])[5] == 0.25
+    assert (result.collapse, result.collapse_step) == ("repetition", 4)
+    tags = tracking.run_info(result.run_id, uri)["tags"]
+    assert (tags["collapse"], tags["collapse_step"]) == ("repetition", "4")

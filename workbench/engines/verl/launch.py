@@ -23,6 +23,8 @@ How the run config maps, and what does not carry over:
 - The objective's aggregation becomes verl's `loss_agg_mode`; the clip objectives' bounds are
   verl's `clip_ratio_low/high` (same meaning: offsets from 1); DISPO's four bounds and mask_mode
   go to `WorkbenchPolicyLossConfig` through `policy_loss._target_`.
+- verl dumps each step's responses (`trainer.rollout_data_dir`); `rollouts.py` turns them into
+  `response/repetition_rate` and the lengths by correctness, logged at that step with the rest.
 - No KL term, no entropy bonus (none of the compared objectives has them); `dr_grpo` advantages
   are `algorithm.norm_adv_by_std_in_grpo=false`.
 """
@@ -99,7 +101,7 @@ def recipe_overrides(cfg: RunConfig) -> list[str]:
 
 
 def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, val_file: str | Path,
-                   prompt_length: int, reward_file: str | Path = REWARD_FILE) -> list[str]:
+                   prompt_length: int, reward_file: str | Path = REWARD_FILE, rollout_dir: str | Path | None = None) -> list[str]:
     """verl's Hydra overrides for one run config (`python -m verl.trainer.main_ppo <these>`)."""
     from workbench.core.objectives import ClipParams, get_spec
 
@@ -167,6 +169,8 @@ def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, v
         f"trainer.project_name={cfg.experiment}",
         f"trainer.experiment_name={cfg.resolved_run_name()}",
     ]
+    if rollout_dir is not None:  # each step's responses, for the statistics verl does not log (rollouts.py)
+        out.append(f"trainer.rollout_data_dir={rollout_dir}")
     return out
 
 
@@ -220,7 +224,8 @@ def prepare(cfg: RunConfig) -> tuple[list[str], Path]:
     files = export_parquet(cfg, where / "data")
     model_path = export_model(cfg, where / "model")
     return verl_overrides(cfg, model_path=model_path, train_file=files.train.resolve(), val_file=files.val.resolve(),
-                          prompt_length=max_prompt_length(cfg, files.max_prompt_chars)), where
+                          prompt_length=max_prompt_length(cfg, files.max_prompt_chars),
+                          rollout_dir=(where / "rollouts").resolve()), where
 
 
 def launch(cfg: RunConfig, *, tracking_uri: str | None = None, dry_run: bool = False,
@@ -271,7 +276,8 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
            "MLFLOW_RUN_ID": tracker.run_id}
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    follower = _Follower(config, tracker.run_id, tracking_uri, on_eval)
+    model_path = next((o.split("=", 1)[1] for o in overrides if o.startswith("actor_rollout_ref.model.path=")), None)
+    follower = _Follower(config, tracker.run_id, tracking_uri, on_eval, _where / "rollouts", model_path)
     status, reason = FINISHED, None
     try:
         while proc.poll() is None:
@@ -288,7 +294,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
         status, reason = KILLED, "interrupted"
     if proc.returncode and status == FINISHED:
         status, reason = FAILED, f"verl exited with code {proc.returncode}"
-    follower.poll()
+    follower.poll(final=True)
     tracker.finish(status=FINISHED if status == STOPPED else status, reason=reason)
     return follower.result(status, time.monotonic() - start, reason)
 
@@ -302,13 +308,31 @@ def _micro(cfg: RunConfig) -> bool:
 class _Follower:
     """Reads verl's keys from the run, logs ours, answers on_eval, detects collapse."""
 
-    def __init__(self, cfg: RunConfig, run_id: str, tracking_uri: str | None, on_eval):
+    def __init__(self, cfg: RunConfig, run_id: str, tracking_uri: str | None, on_eval,
+                 rollout_dir: Path | None = None, model_path: str | None = None):
         self.cfg, self.run_id, self.uri, self.on_eval = cfg, run_id, tracking_uri, on_eval
-        self.logged: set[int] = set()
+        self.rollout_dir, self.model_path, self._encode = rollout_dir, model_path, None
+        self.logged: set[tuple[int, str]] = set()
         self.ours: dict[str, list[tuple[int, float]]] = {}
+        self.responses: dict[int, dict[str, float]] = {}  # step -> statistics from verl's rollout dump
         self.collapse: tuple[str | None, int | None] = (None, None)
 
-    def poll(self) -> bool:
+    def _read_rollouts(self, final: bool) -> None:
+        """Statistics of the steps whose dump is complete: every step but the newest while verl runs."""
+        from workbench.engines.verl.rollouts import read_rows, step_files, step_metrics, tokenizer_encoder
+
+        if self.rollout_dir is None or self.model_path is None:
+            return
+        files = step_files(self.rollout_dir)
+        newest = max(files, default=0)
+        for step in sorted(set(files) - set(self.responses)):
+            if step == newest and not final:
+                break
+            if self._encode is None:
+                self._encode = tokenizer_encoder(self.model_path, self.cfg.model.trust_remote_code)
+            self.responses[step] = step_metrics(read_rows(files[step]), self._encode, self.cfg)
+
+    def poll(self, final: bool = False) -> bool:
         """Translate new steps; True when on_eval asked to stop or a collapse should stop the run."""
         from workbench import tracking
         from workbench.metrics.collapse import SIGNALS, detect_collapse
@@ -316,15 +340,23 @@ class _Follower:
 
         keys = [k for k in tracking.metric_keys(self.run_id, self.uri) if not _is_ours(k)]
         self.ours = translate_history(tracking.metric_histories(self.run_id, keys, self.uri))
+        self._read_rollouts(final)
+        for step, stats in sorted(self.responses.items()):
+            for key, value in stats.items():
+                self.ours.setdefault(key, []).append((step, value))
         by_step: dict[int, dict[str, float]] = {}
         for key, series in self.ours.items():
             for step, value in series:
                 by_step.setdefault(step, {})[key] = value
         stop = False
-        for step in sorted(set(by_step) - self.logged):
-            tracking.log_run_metrics(self.run_id, by_step[step], step, self.uri)
-            self.logged.add(step)
-            evals = {k: v for k, v in by_step[step].items() if k.startswith(EVAL_PREFIX)}
+        for step in sorted(by_step):
+            # A step's rollout statistics can arrive a poll after its verl metrics: log each key once.
+            new = {k: v for k, v in by_step[step].items() if (step, k) not in self.logged}
+            if not new:
+                continue
+            tracking.log_run_metrics(self.run_id, new, step, self.uri)
+            self.logged.update((step, k) for k in new)
+            evals = {k: v for k, v in new.items() if k.startswith(EVAL_PREFIX)}
             if evals and self.on_eval is not None and self.on_eval(step, evals):
                 stop = True
         if self.collapse[0] is None:
