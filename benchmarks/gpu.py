@@ -1,19 +1,21 @@
 """Device check: a few RL steps of a ~100M-parameter Qwen2 on CUDA, with each rollout backend.
 
-Run (repo root, on a GPU machine): .venv/bin/python -m benchmarks.gpu [--steps 4] [--json]
+Run (repo root, on a GPU machine): .venv/bin/python -m benchmarks.gpu [--steps 3] [--only trl] [--json]
 Self-contained, no network: the model is built from a config with the workbench's
 character tokenizer and saved to a temporary directory, then `workbench.train.trainer.train`
-runs it on the built-in chain-sum task, once with `rollout.backend: hf` and, where vLLM
-imports, once with `vllm`; where verl imports, the engine check runs wb_dispo inside verl on the
-same model (benchmarks/gpu_verl.py). Each backend runs in its own process, so peak memory and vLLM's
+runs it on the built-in chain-sum task, once with `rollout.backend: hf` and once with `vllm`;
+then a TRL run (`dispo-wb train --engine trl`'s launcher, benchmarks/gpu_trl.py) and a verl run
+with our plugin (wb_dispo through `dispo-wb train --engine verl`'s launcher, in verl's
+environment, benchmarks/gpu_verl.py) on the same model. One line per check as it finishes; a
+check that cannot run here (no CUDA, vLLM, TRL or verl) prints one line saying why. Each backend runs in its own process, so peak memory and vLLM's
 process-wide state belong to one run. Prints per backend: seconds per step (first step,
 which holds warm-up, and the mean of the rest; "run s" adds start-up, engine build and the
 two evaluations), rollout tokens/s, peak GPU memory
 (torch.cuda.max_memory_allocated / _reserved), and the mismatch between the engine's
 sampling log-probs and the trainer's own old_logp (`rollout/logp_mismatch_mean|max`, vLLM
 only: the hf backend samples with the trainer's own module). Metrics are read back from a
-temporary SQLite MLflow store. Sized to finish in under 5 minutes on one H100. Without
-CUDA it prints one line and exits 0.
+temporary SQLite MLflow store. Sized to finish in under 10 minutes on one H100-class GPU
+(per-check limits in LIMIT_S); `--only trl` etc. runs a subset.
 """
 
 from __future__ import annotations
@@ -118,77 +120,117 @@ def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+CHECKS = ("hf", "vllm", "trl", "verl")
+LIMIT_S = {"hf": 100.0, "vllm": 150.0, "trl": 120.0, "verl": 170.0}  # each check's share of the 10-minute budget
+
+
+def verl_python() -> str | None:
+    """An interpreter that imports verl: this one, DISPO_VERL_PYTHON, or .venv-verl/bin/python; None if none."""
+    import os
+
+    if importlib.util.find_spec("verl") is not None:
+        return sys.executable
+    for candidate in (os.environ.get("DISPO_VERL_PYTHON"), str(Path(__file__).resolve().parents[1] / ".venv-verl/bin/python")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def skip_reasons() -> dict[str, str]:
+    """Why each check cannot run here (empty: all can)."""
+    if not torch.cuda.is_available():
+        return {c: "no CUDA device here" for c in CHECKS}
+    out = {}
+    if importlib.util.find_spec("vllm") is None:
+        out["vllm"] = "vllm is not installed in this environment (pip install '.[gpu]')"
+    if importlib.util.find_spec("trl") is None:
+        out["trl"] = "TRL is not installed in this environment (pip install '.[trl]')"
+    if verl_python() is None:
+        out["verl"] = "no interpreter with verl (make install-verl, or DISPO_VERL_PYTHON=.../python)"
+    return out
+
+
+def engine_child(name: str, python: str, model_dir: str, steps: int, work: Path, timeout_s: float) -> dict:
+    """benchmarks/gpu_<name>.py in its own process: its one JSON line, or why there is none."""
+    cmd = [python, "-m", f"benchmarks.gpu_{name}", "--model-dir", model_dir, "--steps", str(steps), "--work", str(work)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired:
+        return {"backend": name, "status": f"timed out after {timeout_s:.0f}s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.strip().splitlines() or ["(no output)"]
+        return {"backend": name, "status": f"failed (exit {proc.returncode}): {tail[-1]}", "log_tail": tail[-15:]}
+    return json.loads(lines[-1])
+
+
+def line(r: dict) -> str:
+    """The one line a check prints."""
+    name = r["backend"]
+    if "peak_allocated_gib" in r:
+        mismatch = ("-" if r.get("logp_mismatch_mean") is None
+                    else f"{r['logp_mismatch_mean']:.4f}/{r['logp_mismatch_max']:.3f}")
+        return (f"{name:<5} {r['status']}: run {r['wall_s']:.0f}s, s/step first {fmt(r['step_s_first'], '.2f')} "
+                f"rest {fmt(r['step_s_rest'], '.2f')}, rollout {fmt(r['rollout_tokens_per_s'], ',.0f')} tok/s, peak "
+                f"{r['peak_allocated_gib']:.2f}/{r['peak_reserved_gib']:.2f} GiB alloc/resv, logp mismatch {mismatch}")
+    if "regime_last" in r:
+        regimes = " ".join(f"{k.removeprefix('regime/')}={v:.3f}" for k, v in r["regime_last"].items())
+        status = r.get("status") or ("FINISHED" if r.get("exit_code") == 0 else f"exit {r.get('exit_code')}")
+        extra = (f", repetition logged at {r['repetition_steps']} steps" if "repetition_steps" in r
+                 else f", repetition {fmt(r.get('repetition_last'), '.3f')}")
+        return (f"{name:<5} {status}: {r['steps']} steps in {r['wall_s']:.0f}s, s/step first "
+                f"{fmt(r['step_s_first'], '.2f')} rest {fmt(r['step_s_rest'], '.2f')}{extra}; last step {regimes}")
+    return f"{name:<5} {r['status']}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="RL steps per backend (the first holds warm-up)")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line per backend")
-    parser.add_argument("--budget", type=float, default=285.0, help="seconds for the whole check (hf gets at most 110)")
+    parser.add_argument("--steps", type=int, default=3, help="RL steps per check (the first holds warm-up)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per check")
+    parser.add_argument("--only", choices=CHECKS, action="append", help="run only these checks (repeatable)")
     parser.add_argument("--child", choices=["hf", "vllm"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if not torch.cuda.is_available():
-        print("benchmarks/gpu.py: no CUDA device here; nothing measured.")
-        return
     if args.child:
         print(json.dumps(run_one(args.child, args.model_dir, args.steps, Path(args.work))))
         return
-
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    vllm_version = _version("vllm") if has_vllm else "not installed"
-    with tempfile.TemporaryDirectory(prefix="dispo-gpu-check-") as tmp:
-        root = Path(tmp)
-        t0 = time.time()
-        n_params = build_model(root / "model")
-        print(f"device {torch.cuda.get_device_name()} | torch {torch.__version__} | transformers {_version('transformers')} "
-              f"| vllm {vllm_version}")
-        print(f"model: Qwen2 {n_params / 1e6:.0f}M params, bf16, char tokenizer; chain-sum task; "
-              f"{args.steps} steps x 32 prompts x 8 samples x 256 new tokens")
-        rows = []
-        for backend in ["hf", "vllm"] if has_vllm else ["hf"]:
-            work = root / backend
-            work.mkdir()
-            left = args.budget - (time.time() - t0)
-            rows.append(child(backend, str(root / "model"), args.steps, work, min(110.0, left) if backend == "hf" else left))
-        if not has_vllm:
-            rows.append({"backend": "vllm", "status": "skipped: vllm is not installed"})
-        rows.append(_engine_verl(root, args.steps))
-    print(f"{'backend':<8}{'status':<10}{'run s':>7}{'s/step 1st':>11}{'s/step rest':>12}{'rollout tok/s':>14}"
-          f"{'peak alloc GiB':>15}{'peak resv GiB':>14}{'logp mismatch mean/max':>24}")
-    for r in rows:
-        if "peak_allocated_gib" not in r:
-            print(f"{r['backend']:<8}{r['status']}")
-            continue
-        mismatch = ("-" if r["logp_mismatch_mean"] is None
-                    else f"{r['logp_mismatch_mean']:.4f}/{r['logp_mismatch_max']:.3f}")
-        print(f"{r['backend']:<8}{r['status']:<10}{r['wall_s']:>7.0f}{fmt(r['step_s_first'], '.2f'):>11}{fmt(r['step_s_rest'], '.2f'):>12}"
-              f"{fmt(r['rollout_tokens_per_s'], ',.0f'):>14}{r['peak_allocated_gib']:>15.2f}{r['peak_reserved_gib']:>14.2f}"
-              f"{mismatch:>24}")
-    for r in rows:
-        if r.get("log_tail"):
-            print(f"--- {r['backend']}: last lines of its stderr ---", *r["log_tail"], sep="\n")
+    wanted = args.only or list(CHECKS)
+    skips = skip_reasons()
+    t0 = time.time()
+    rows = []
+    if all(c in skips for c in wanted):
+        rows = [{"backend": c, "status": f"skipped: {skips[c]}"} for c in wanted]
+        for r in rows:
+            print(line(r))
+    else:
+        with tempfile.TemporaryDirectory(prefix="dispo-gpu-check-") as tmp:
+            root = Path(tmp)
+            n_params = build_model(root / "model")
+            print(f"device {torch.cuda.get_device_name()} | torch {torch.__version__} | transformers "
+                  f"{_version('transformers')} | vllm {_version('vllm')} | trl {_version('trl')}")
+            print(f"model: Qwen2 {n_params / 1e6:.0f}M params, bf16, char tokenizer; chain-sum task; "
+                  f"{args.steps} steps x 32 prompts x 8 samples x 256 new tokens")
+            for name in wanted:
+                if name in skips:
+                    rows.append({"backend": name, "status": f"skipped: {skips[name]}"})
+                else:
+                    work = root / name
+                    work.mkdir()
+                    if name in ("hf", "vllm"):
+                        rows.append(child(name, str(root / "model"), args.steps, work, LIMIT_S[name]))
+                    else:
+                        python = sys.executable if name == "trl" else verl_python()
+                        rows.append(engine_child(name, python, str(root / "model"), args.steps, work, LIMIT_S[name]))
+                print(line(rows[-1]), flush=True)
+        for r in rows:
+            if r.get("log_tail"):
+                print(f"--- {r['backend']}: last lines of its stderr ---", *r["log_tail"], sep="\n")
     print(f"total {time.time() - t0:.0f}s")
     if args.json:
         for r in rows:
-            print(json.dumps(r))
-
-
-def _engine_verl(root: Path, steps: int) -> dict:
-    """Engine check: wb_dispo inside verl on the same model (benchmarks/gpu_verl.py), where verl imports."""
-    if importlib.util.find_spec("verl") is None:
-        return {"backend": "verl", "status": "skipped: verl is not installed (make install-verl)"}
-    from benchmarks.gpu_verl import verl_check
-
-    work = root / "verl"
-    work.mkdir()
-    try:
-        r = verl_check(str(root / "model"), steps, work)
-    except Exception as e:  # one row per failure; the other backends' figures still print
-        return {"backend": "verl", "status": f"failed: {type(e).__name__}: {e}"}
-    regimes = " ".join(f"{k.removeprefix('regime/')}={v:.3f}" for k, v in r["regime_last"].items())
-    return {"backend": "verl", "status": f"{r['status']}: {r['steps']} steps, {r['wall_s']:.0f}s, s/step first "
-            f"{fmt(r['step_s_first'], '.2f')} rest {fmt(r['step_s_rest'], '.2f')}; last step {regimes}"}
+            print(json.dumps(r, default=str))
 
 
 def _version(pkg: str) -> str:

@@ -1,7 +1,8 @@
 """Engine check for benchmarks/gpu.py: a few verl steps of wb_dispo on the locally built model.
 
-Called by `python -m benchmarks.gpu` when CUDA and verl are both importable (verl's env:
-`make install-verl`, plus vLLM, which verl samples with). Runs `dispo-wb train --engine verl`'s
+Called by `python -m benchmarks.gpu` as a child process in verl's environment (this interpreter
+when it imports verl, else `DISPO_VERL_PYTHON`, else `.venv-verl/bin/python`; verl samples
+with vLLM, which that environment needs). Runs `dispo-wb train --engine verl`'s
 own code path (`workbench.engines.verl.launch.train`) on one GPU against a temporary SQLite
 MLflow store, then reads back seconds per step and the regime metrics the wb_dispo loss logged
 (through the key mapping). Returns one dict, printed by gpu.py as a row.
@@ -31,7 +32,7 @@ def verl_check(model_dir: str, steps: int, work: Path) -> dict:
     tok.save_pretrained(model_dir)
     cfg = build_run_config({
         "engine": "verl", "experiment": "gpu-check", "run_name": "gpu-check-verl", "seed": 0, "steps": steps,
-        "lr": 1e-5, "updates_per_rollout": 4, "model": {"name": model_dir},
+        "lr": 1e-5, "updates_per_rollout": 4, "rollout_lag": 0, "model": {"name": model_dir},
         "objective": {"name": "dispo", "params": {"eps_neg_up": 0.05, "eps_pos_up": 0.1}},
         "rollout": {"prompts_per_step": 32, "group_size": 8, "max_new_tokens": 256, "gpu_memory_utilization": 0.3},
         "eval": {"benchmarks": ["micro"], "every": 1000, "k": 2, "limit": 16},
@@ -42,10 +43,27 @@ def verl_check(model_dir: str, steps: int, work: Path) -> dict:
     t0 = time.time()
     result = train(cfg, tracking_uri=uri, engine_args=engine_args, echo=lambda line: None)
     wall = time.time() - t0
-    series = tracking.metric_histories(result.run_id, ["perf/step_s", *REGIME_KEYS], uri)
+    series = tracking.metric_histories(result.run_id, ["perf/step_s", "response/repetition_rate", *REGIME_KEYS], uri)
     step_s = [v for _, v in series["perf/step_s"]]
     last = {k: (series[k][-1][1] if series[k] else math.nan) for k in REGIME_KEYS}
     return {"backend": "verl", "status": result.status, "steps": result.steps_done, "wall_s": wall,
             "step_s_first": step_s[0] if step_s else None,
             "step_s_rest": statistics.fmean(step_s[1:]) if len(step_s) > 1 else None,
-            "regime_last": last, "reason": result.reason}
+            "regime_last": last, "repetition_steps": len(series["response/repetition_rate"]), "reason": result.reason}
+
+
+def main() -> None:
+    """`python -m benchmarks.gpu_verl --model-dir D --steps N --work W`: one JSON line (gpu.py runs this in verl's env)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--work", required=True)
+    a = parser.parse_args()
+    print(json.dumps(verl_check(a.model_dir, a.steps, Path(a.work)), default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -149,3 +149,90 @@ def test_overlong_penalty_is_the_local_one_as_a_trl_reward():
     ids = [[1] * n for n in (3, 6, 8, 10)]
     got = OverlongPenalty(cfg)(prompts=[""] * 4, completions=[""] * 4, completion_ids=ids)
     assert got == overlong_penalty(torch.tensor([3, 6, 8, 10]), 10, 4, 1.0).tolist() == [0.0, 0.0, -0.5, -1.0]
+
+
+# --- resume and stop ---------------------------------------------------------------------------
+
+
+def test_resume_without_a_trl_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
+    err = _refused(tmp_path, capsys, cfg_of(), resume_run_id="abc123")
+    assert "--resume: TRL run abc123 has no checkpoint" in err
+
+
+def test_trl_saves_its_own_checkpoints_every_checkpoint_every_steps():
+    kw = grpo_kwargs(cfg_of(updates_per_rollout=4, checkpoint_every=5), world_size=1, output_dir="o", use_cpu=True)
+    assert (kw["save_strategy"], kw["save_steps"]) == ("steps", 20)
+
+
+def _collapse_feed(cfg, lengths, run_id=None, uri=None):
+    """Feed a CollapseStop one TRL log per step (lengths as TRL's completions/mean_length); returns (stopped at, callback)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from workbench.engines.trl.stop import CollapseStop
+
+    cb = CollapseStop(cfg, run_id, uri)
+    for i, length in enumerate(lengths, start=1):
+        control = TrainerControl()
+        state = SimpleNamespace(global_step=i * cfg.updates_per_rollout, is_world_process_zero=True)
+        cb.on_log(None, state, control, logs={"completions/mean_length": length, "completions/clipped_ratio": 0.0})
+        if control.should_training_stop:
+            return i, cb
+    return None, cb
+
+
+def test_a_collapse_stops_the_trl_run_and_tags_it_like_a_local_one(tmp_path):
+    from workbench import tracking
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    lengths = [40, 41, 39, 40, 40, 9, 8, 8, 7, 7]
+    cfg = cfg_of(collapse={"patience": 3, "stop": True})
+    run = tracking.RunTracker(experiment="e", run_name="r", tracking_uri=uri)
+    stopped, cb = _collapse_feed(cfg, lengths, run.run_id, uri)
+    assert stopped == 8 and cb.collapse == ("length", 6)  # 9 < 0.35 x 40 from step 6, three steps running
+    tags = tracking.run_info(run.run_id, uri)["tags"]
+    assert (tags["collapse"], tags["collapse_step"], tags["stopped_early"]) == ("length", "6", "true")
+    # Without collapse.stop the verdict is recorded and the run goes on.
+    stopped, cb = _collapse_feed(cfg_of(collapse={"patience": 3}), lengths)
+    assert stopped is None and cb.collapse == ("length", 6)
+
+
+@pytest.mark.slow
+def test_a_trl_run_resumes_from_its_own_checkpoint(tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    from workbench import tracking
+    from workbench.engines.trl import check, worker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cfg = build_run_config({**check.CHECK_CONFIG, "steps": 2, "checkpoint_every": 1, "eval": {"every": 100, "k": 1}})
+    run = tracking.RunTracker(experiment="e", run_name="r", tracking_uri=uri)
+    steps_done = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            steps_done.append(state.global_step)
+
+    class Counting(worker.WorkbenchGRPOTrainer):
+        def __init__(self, *a, callbacks=(), **kw):
+            super().__init__(*a, callbacks=[*callbacks, Count()], **kw)
+
+    out = str(tmp_path / "out")
+    first = worker.run(cfg, run_id=run.run_id, tracking_uri=uri, output_dir=out, trainer_cls=Counting,
+                       reward=check.EvenLength())
+    assert first.state.global_step == 4 and launch_last(out).endswith("checkpoint-4")
+    steps_done.clear()
+    more = cfg.model_copy(update={"steps": 3})
+    second = worker.run(more, run_id=run.run_id, tracking_uri=uri, output_dir=out, trainer_cls=Counting,
+                        reward=check.EvenLength(), resume=True)
+    assert second.state.global_step == 6 and steps_done == [5, 6]  # only the third rollout batch's two updates
+    logged = tracking.metric_histories(run.run_id, ["loss/policy"], uri)["loss/policy"]
+    assert [s for s, _ in logged] == [1, 2, 3]
+
+
+def launch_last(out):
+    from workbench.engines.trl import last_checkpoint
+
+    return last_checkpoint(out)

@@ -66,7 +66,7 @@ def test_target_override_builds_our_config_with_the_four_bounds():
 
     cfg = build_run_config({"objective": {"name": "dispo", "params": {"eps_pos_up": 0.1, "eps_pos_down": 0.3,
                                                                       "eps_neg_up": 0.05, "eps_neg_down": math.inf,
-                                                                      "mask_mode": True}}})
+                                                                      "mask_mode": True}}, "rollout_lag": 0})
     overrides = verl_overrides(cfg, model_path="/m", train_file="/t.parquet", val_file="/v.parquet", prompt_length=16)
     with initialize_config_module(config_module="verl.trainer.config", version_base=None):
         conf = compose(config_name="ppo_trainer", overrides=overrides)
@@ -127,7 +127,7 @@ def test_actor_config_is_verls_own():
 def test_a_loss_missing_from_verls_registry_stops_the_launch_in_one_line(tmp_path):
     # verl swallows a failing plugin import (DEBUG log); VERL_USE_EXTERNAL_PLUGINS=none stands for that failure.
     env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"}
-    out = subprocess.run([sys.executable, "-m", "workbench.cli", "train", "--engine", "verl", "--steps", "1",
+    out = subprocess.run([sys.executable, "-m", "workbench.cli", "train", "--engine", "verl", "--steps", "1", "--rollout-lag", "0",
                           "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 2, out.stderr

@@ -28,6 +28,7 @@ DISPO = {"objective": {"name": "dispo", "params": {"eps_pos_up": 0.1, "eps_pos_d
                                                     "eps_neg_down": math.inf, "mask_mode": True}},
          "rollout": {"prompts_per_step": 32, "group_size": 16, "max_new_tokens": 3072},
          "updates_per_rollout": 16, "epochs": 2, "lr": 1e-6, "steps": 100, "model": {"name": "Qwen/Qwen2.5-Math-1.5B"},
+         "rollout_lag": 0,
          "experiment": "scale", "run_name": "dispo-1p5b"}
 
 
@@ -57,6 +58,17 @@ def test_overrides_carry_each_setting_where_verl_reads_it():
     assert got[a + "loss_agg_mode"] == "token-mean" and got["actor_rollout_ref.rollout.n"] == "16"
     assert got["trainer.logger"] == "[console,mlflow]" and got["trainer.total_training_steps"] == "100"
     assert a + "clip_ratio_low" not in got  # dispo's bounds are not smuggled through verl's clip fields
+
+
+def test_recipe_parts_outside_the_loss_become_verls_group_filter_and_dapo_reward_manager():
+    got = dict(o.lstrip("+").split("=", 1) for o in _overrides({**DISPO, "recipe": "dapo", "objective": {},
+                                                                "overlong": {"buffer": 512, "factor": 0.5}}))
+    assert got["algorithm.filter_groups.enable"] == "true" and got["algorithm.filter_groups.metric"] == "reward"
+    assert got["reward.reward_manager.name"] == "dapo"
+    kw = "reward.reward_kwargs."
+    assert (got[kw + "max_resp_len"], got[kw + "overlong_buffer_cfg.len"], got[kw + "overlong_buffer_cfg.penalty_factor"]) \
+        == ("3072", "512", "0.5")
+    assert not any("filter_groups" in o or "reward_kwargs" in o for o in _overrides(DISPO))
 
 
 def test_prompts_must_split_into_the_minibatches():
@@ -120,11 +132,12 @@ def test_an_engine_run_is_read_back_from_its_mlflow_run(tmp_path, monkeypatch, e
     monkeypatch.setenv("FAKE_VERL_EXIT", str(exit_code))
     monkeypatch.setattr(launch, "check_available", lambda: None)
     monkeypatch.setattr(launch, "check_registered", lambda objective: None)
+    monkeypatch.setattr(launch, "check_config", lambda cfg, engine_args=(): None)
     monkeypatch.setattr(launch, "prepare", lambda cfg: ([], tmp_path))
     monkeypatch.setattr(launch, "verl_command", lambda overrides, engine_args=(): [sys.executable, str(script)])
     uri = f"sqlite:///{tmp_path}/m.db"
     seen = []
-    cfg = build_run_config({"engine": "verl", "collapse": {"patience": 3}})
+    cfg = build_run_config({"engine": "verl", "rollout_lag": 0, "collapse": {"patience": 3}})
     result = launch.train(cfg, tracking_uri=uri, on_eval=lambda step, m: seen.append((step, m)) or False,
                           echo=lambda line: None)
     assert result.status == status
@@ -141,8 +154,9 @@ def test_an_engine_run_is_read_back_from_its_mlflow_run(tmp_path, monkeypatch, e
 
 @pytest.mark.parametrize("args, message", [
     (["--engine", "nope"], "engine: must be one of 'local', 'verl' or 'trl'"),
-    (["--engine", "verl"], "verl is not installed in this environment"),
+    (["--engine", "verl", "--rollout-lag", "0"], "verl is not installed in this environment"),
     (["--engine", "verl", "--objective", "ppo2"], "unknown objective 'ppo2'"),
+    (["--engine", "verl", "--dry-run", "--rollout-lag", "8"], "engine verl: rollout_lag=8 has no verl counterpart"),
     (["--dry-run"], "--dry-run and --engine-arg are for --engine verl or trl"),
     (["--engine", "trl", "--engine-arg", "x=1"], "--engine-arg is for --engine verl, not trl"),
 ])
@@ -158,8 +172,8 @@ def test_bad_engine_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkey
 
 def test_dry_run_prints_the_verl_command_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = runner.invoke(app, ["train", "--engine", "verl", "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                              "--engine-arg", "trainer.n_gpus_per_node=8"])
+    out = runner.invoke(app, ["train", "--engine", "verl", "--dry-run", "--rollout-lag", "0",
+                              "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--engine-arg", "trainer.n_gpus_per_node=8"])
     assert out.exit_code == 0, out.output
     line = out.output.strip()
     assert "-m verl.trainer.main_ppo" in line and "actor_rollout_ref.actor.policy_loss.loss_mode=wb_dispo" in line
@@ -178,3 +192,58 @@ def test_a_verl_study_trains_each_seed_as_a_verl_job_read_back_like_the_trainer(
     assert engine_train_fn("verl", fake_trainer.train) is launch.train
     with pytest.raises(UserError, match="sweeps do not run on engine trl yet"):
         engine_train_fn("trl", fake_trainer.train)
+
+
+FAKE_VERL_ROLLOUTS = textwrap.dedent('''
+    """Stands in for verl: logs verl's keys (with the wb_* losses' regime sums) and dumps each step's rollouts
+    into trainer.rollout_data_dir as verl's trainer does (<step>.jsonl: output, gts, score, step)."""
+    import json, os, sys
+    import mlflow
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    rollouts = sys.argv[1]
+    os.makedirs(rollouts, exist_ok=True)
+    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
+        for step in range(1, 9):
+            loops = step >= 4  # from step 4 the policy repeats itself
+            rows = [{"output": "1111111111111111" if loops else "12+3=15 \\\\boxed{15}", "gts": "15", "score": 0.0 if loops else 1.0, "step": step},
+                    {"output": "7777777777" if loops else "7+8=14", "gts": "15", "score": 0.0, "step": step}]
+            with open(os.path.join(rollouts, f"{step}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\\n" for r in rows)
+            metrics = {"response_length/mean": 12.0, "actor/entropy": 1.0, "critic/score/mean": 0.5,
+                       "actor/wb/tokens": 20.0, "actor/wb/nonzero_tokens": 20.0, "actor/wb/ratio_sum": 20.0, "actor/wb/abs_dev_sum": 1.0}
+            for regime in ("pos_up", "pos_down", "neg_up", "neg_down"):
+                metrics |= {f"actor/wb/{regime}/tokens": 5.0, f"actor/wb/{regime}/clipped": 1.0, f"actor/wb/{regime}/weight_sum": 5.0,
+                            f"actor/wb/{regime}/moved_sum": 0.5, f"actor/wb/{regime}/ratio_sum": 5.0}
+            mlflow.log_metrics(metrics, step=step)
+''')
+
+
+def test_a_verl_run_carries_the_missions_response_metrics_and_regimes_under_local_names(tmp_path, monkeypatch):
+    from workbench import tracking
+    from workbench.models.policy import build_char_tokenizer
+
+    script = tmp_path / "fake_verl.py"
+    script.write_text(FAKE_VERL_ROLLOUTS)
+    build_char_tokenizer().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(launch, "check_available", lambda: None)
+    monkeypatch.setattr(launch, "check_registered", lambda objective: None)
+    monkeypatch.setattr(launch, "check_config", lambda cfg, engine_args=(): None)
+    monkeypatch.setattr(launch, "prepare", lambda cfg: ([f"actor_rollout_ref.model.path={tmp_path / 'model'}"], tmp_path))
+    monkeypatch.setattr(launch, "verl_command",
+                        lambda overrides, engine_args=(): [sys.executable, str(script), str(tmp_path / "rollouts")])
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cfg = build_run_config({"engine": "verl", "rollout_lag": 0, "collapse": {"patience": 3}})
+    result = launch.train(cfg, tracking_uri=uri, echo=lambda line: None)
+    assert result.status == "FINISHED"
+    keys = ["response/repetition_rate", "response/length_correct", "response/length_incorrect",
+            "regime/neg_up/clip_frac", "regime/pos_down/token_frac"]
+    got = tracking.metric_histories(result.run_id, keys, uri)
+    assert [s for s, _ in got["response/repetition_rate"]] == list(range(1, 9))  # every step, each once
+    rep = dict(got["response/repetition_rate"])
+    assert rep[3] < 0.2 and rep[4] > 0.8  # the policy loops from step 4
+    assert dict(got["response/length_correct"])[1] == len("12+3=15 \\boxed{15}") - len("\\boxed{") + 1
+    assert dict(got["response/length_incorrect"])[1] == 6.0 and 4 not in dict(got["response/length_correct"])
+    assert dict(got["regime/neg_up/clip_frac"])[5] == 0.2 and dict(got["regime/pos_down/token_frac"])[5] == 0.25
+    assert (result.collapse, result.collapse_step) == ("repetition", 4)
+    tags = tracking.run_info(result.run_id, uri)["tags"]
+    assert (tags["collapse"], tags["collapse_step"]) == ("repetition", "4")

@@ -170,6 +170,9 @@ class CollapseConfig(Strict):
 
 
 class RunConfig(Strict):
+    recipe: str | None = Field(None, description="a paper's whole method (dispo-wb objectives lists them): sets the objective, "
+                                                 "advantage, aggregation, clip bounds, dynamic_sampling and overlong "
+                                                 "unless given; None: the objective alone")
     engine: Literal[declared.ENGINES] = Field("local", description="local: the workbench trainer; verl, trl: that engine runs the objective (workbench.engines)")
     experiment: str = Field("dispo-wb", min_length=1, pattern=r"\S", description="MLflow experiment (not blank)")
     run_name: str | None = Field(None, description="MLflow run name; default <objective>-<model>-s<seed>")
@@ -199,6 +202,25 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     collapse: CollapseConfig = Field(default_factory=CollapseConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, data: Any) -> Any:
+        # Fields given in the file or flags win over the recipe's; `recipe_differences` names them.
+        from workbench.core.recipes import RECIPES, apply_recipe
+
+        if isinstance(data, dict) and isinstance(data.get("recipe"), str) and data["recipe"] in RECIPES:
+            return apply_recipe(data, RECIPES[data["recipe"]])
+        return data
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, v: str | None) -> str | None:
+        from workbench.core.recipes import get_recipe
+
+        if v is not None:
+            get_recipe(v)
+        return v
+
     @model_validator(mode="after")
     def _minibatches_divide(self) -> "RunConfig":
         if self.updates_per_rollout % self.epochs:
@@ -208,6 +230,33 @@ class RunConfig(Strict):
         if minibatches > batch:
             raise ValueError(f"updates_per_rollout/epochs ({minibatches}) must be <= responses per step ({batch})")
         return self
+
+    def recipe_parts(self) -> dict[str, Any]:
+        """The run's resolved recipe parts as dotted fields (`workbench.core.recipes.PARTS` and the bounds)."""
+        import dataclasses
+
+        agg = self.objective.aggregation or declared.objective_params(self.objective.name).aggregation
+        parts: dict[str, Any] = {"objective.name": self.objective.name, "advantage": self.advantage,
+                                 "objective.aggregation": agg, "dynamic_sampling": self.dynamic_sampling,
+                                 "overlong.enabled": self.overlong.enabled}
+        parts.update({f"objective.params.{k}": v for k, v in dataclasses.asdict(self.objective.build_params()).items()})
+        return parts
+
+    def recipe_differences(self) -> tuple[str | None, list[str]]:
+        """(recipe the run is measured against, the parts that differ from it): the named recipe,
+        else the recipe of the objective's name; (None, []) for an objective without one.
+
+        Without a named recipe the bounds are left out: they are the objective's own parameters,
+        which a run sets on purpose (a clip-grid trial is not a departure from its paper)."""
+        from workbench.core.recipes import RECIPES, differences
+
+        name = self.recipe or (self.objective.name if self.objective.name in RECIPES else None)
+        if name is None:
+            return None, []
+        parts = self.recipe_parts()
+        if self.recipe is None:
+            parts = {k: v for k, v in parts.items() if not k.startswith("objective.params.")}
+        return name, differences(RECIPES[name], parts)
 
     @property
     def minibatches(self) -> int:

@@ -16,17 +16,29 @@ app = typer.Typer()
 
 @app.command(cls=Command)
 def objectives() -> None:
-    """List the registered objectives with their parameters and defaults."""
+    """List the registered objectives with their parameters and defaults, and the recipes (--recipe)."""
     from rich.console import Console
+    from rich.table import Table
 
     from workbench.core.objectives import render_objectives_table
+    from workbench.core.recipes import describe_recipes
 
-    Console().print(render_objectives_table())
+    console = Console()
+    console.print(render_objectives_table())
+    rows = describe_recipes()
+    table = Table(title="recipes (--recipe NAME: every part as its paper states)")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
 
 
 @app.command(cls=Command)
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", exists=True, dir_okay=False, help="run config YAML")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="a paper's whole method: grpo, dr_grpo, dapo, cispo, gspo, dispo "
+                                                       "(dispo-wb objectives lists its parts)")] = None,
     objective: Annotated[Optional[str], typer.Option(help="registered objective, e.g. dispo, cispo, dapo")] = None,
     eps_pos_up: Annotated[Optional[float], typer.Option(help="DISPO: correct responses, r > 1 (inf: off)")] = None,
     eps_pos_down: Annotated[Optional[float], typer.Option(help="DISPO: correct responses, r < 1 (>= 1: off)")] = None,
@@ -57,9 +69,9 @@ def train(
     --dry-run is for engine runs (--engine verl|trl): it prints the engine's command and exits.
     """
     from workbench.tracking.location import check_writable_store
-    from workbench.train.launch import parse_set_flags, resume_config, run_config_from_cli
+    from workbench.train.launch import parse_set_flags, recipe_note, resume_config, run_config_from_cli
 
-    flags = {"objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
+    flags = {"recipe": recipe, "objective.name": objective, "objective.params.eps_pos_up": eps_pos_up,
              "objective.params.eps_pos_down": eps_pos_down, "objective.params.eps_neg_up": eps_neg_up,
              "objective.params.eps_neg_down": eps_neg_down, "objective.params.eps_low": eps_low,
              "objective.params.eps_high": eps_high, "model.name": model, "steps": steps, "seed": seed, "lr": lr,
@@ -76,6 +88,9 @@ def train(
             cfg = run_config_from_cli(config, flags, settings)
     except UserError as e:
         fail_user(e)
+    note = recipe_note(cfg)
+    if note:
+        typer.echo(note, err=True)
     if cfg.engine != "local" or dry_run or engine_arg:
         raise typer.Exit(_train_on_engine(cfg, tracking_uri, dry_run, engine_arg or [], resume))
     from workbench.train.trainer import train as run_training  # torch loads only for a config that is valid
@@ -105,8 +120,8 @@ def _train_on_engine(cfg, tracking_uri: str | None, dry_run: bool, engine_args: 
 
     if cfg.engine == "local":
         fail("--dry-run and --engine-arg are for --engine verl or trl; the local trainer takes neither")
-    if resume:
-        fail(f"--resume is for local runs; engine {cfg.engine} resumes through its own checkpoints")
+    if resume and cfg.engine != "trl":
+        fail(f"--resume is for local and trl runs; engine {cfg.engine} keeps no checkpoints the workbench can resume")
     if engine_args and cfg.engine != "verl":
         fail(f"--engine-arg is for --engine verl, not {cfg.engine}")
     try:
@@ -114,7 +129,8 @@ def _train_on_engine(cfg, tracking_uri: str | None, dry_run: bool, engine_args: 
     except ImportError as e:
         fail(f"engine {cfg.engine} is not available in this install: {e}")
     try:
-        return launch(cfg, tracking_uri=tracking_uri, dry_run=dry_run, engine_args=engine_args)
+        return launch(cfg, tracking_uri=tracking_uri, dry_run=dry_run, engine_args=engine_args,
+                      **({"resume": resume} if resume else {}))
     except UserError as e:
         fail_user(e)
 

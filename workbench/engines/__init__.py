@@ -10,7 +10,7 @@ from workbench.params import ENGINES
 
 
 def launcher(engine: str):
-    """`launch(cfg, *, tracking_uri, dry_run, engine_args) -> exit code` of an engine, imported lazily
+    """`launch(cfg, *, tracking_uri, dry_run, engine_args[, resume]) -> exit code` of an engine, imported lazily
     (each engine lives in its own optional environment)."""
     if engine == "verl":
         from workbench.engines.verl.launch import launch
@@ -19,6 +19,6 @@ def launcher(engine: str):
     if engine == "trl":
         from workbench.engines.trl import launch as trl_launch
 
-        return lambda cfg, *, tracking_uri=None, dry_run=False, engine_args=(): trl_launch(
-            cfg, tracking_uri=tracking_uri, dry_run=dry_run)  # engine_args: verl only (the CLI refuses them for trl)
+        return lambda cfg, *, tracking_uri=None, dry_run=False, engine_args=(), resume=None: trl_launch(
+            cfg, tracking_uri=tracking_uri, dry_run=dry_run, resume_run_id=resume)  # engine_args: verl only (the CLI refuses them for trl)
     raise ValueError(f"engine {engine!r} has no launcher; engines: {', '.join(ENGINES)}")

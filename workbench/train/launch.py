@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
 from workbench.errors import UserError
-from workbench.names import FINISHED, RUNNING, TAG_PID
+from workbench.names import FINISHED, RUNNING, TAG_PID, TAG_RECIPE, TAG_RECIPE_DIFF
 from workbench.params import is_micro
 
 
@@ -44,6 +44,25 @@ def run_config_from_cli(path: Path | None, flags: dict[str, Any], settings: dict
     return build_run_config(data, {k: v for k, v in flags.items() if v is not None}, settings=settings)
 
 
+def recipe_note(cfg: RunConfig) -> str | None:
+    """One line when the run does not follow the whole recipe it is measured against; None when it does."""
+    from workbench.core.recipes import get_recipe
+
+    name, diff = cfg.recipe_differences()
+    if not diff:
+        return None
+    recipe = get_recipe(name)
+    how = (f"the run sets {'; '.join(diff)}" if cfg.recipe else
+           f"objective {cfg.objective.name} runs without the rest of its recipe: {'; '.join(diff)}; --recipe {name} sets them")
+    return f"recipe note ({recipe.paper}): {how}"
+
+
+def recipe_tags(cfg: RunConfig) -> dict[str, str]:
+    """The run's recipe tags: the recipe it is measured against and the parts it does not follow."""
+    name, diff = cfg.recipe_differences()
+    return {} if name is None else {TAG_RECIPE: name, TAG_RECIPE_DIFF: "; ".join(diff)}
+
+
 def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, Any]) -> RunConfig:
     """The config a run was started with (its `config.yaml` artifact), optionally with more steps."""
     from workbench import tracking
@@ -67,11 +86,12 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
         mark_killed(run_id, f"found RUNNING but {gone}; resumed with dispo-wb train --resume", tracking_uri)
     from workbench.train.checkpoint import checkpoint_path
 
-    if not checkpoint_path(run_id).exists():
-        raise UserError(f"--resume: run {run_id} has no checkpoint at {checkpoint_path(run_id)}")
     import yaml
 
     data = yaml.safe_load(tracking.download_text(run_id, "config.yaml", tracking_uri))
+    # An engine run resumes from its engine's own checkpoints, which its launcher looks for.
+    if data.get("engine", "local") == "local" and not checkpoint_path(run_id).exists():
+        raise UserError(f"--resume: run {run_id} has no checkpoint at {checkpoint_path(run_id)}")
     return build_run_config(data, {k: v for k, v in overrides.items() if v is not None})
 
 
@@ -183,5 +203,5 @@ def _task_text(task: TaskConfig) -> str:
             f"held-out set of {task.eval_size} (seed {task.eval_seed})")
 
 
-__all__ = ["parse_set_flags", "run_config_from_cli", "resume_config", "checkpoint_source", "evaluate_checkpoint",
+__all__ = ["parse_set_flags", "run_config_from_cli", "recipe_note", "recipe_tags", "resume_config", "checkpoint_source", "evaluate_checkpoint",
            "ConfigError"]

@@ -57,6 +57,7 @@ from workbench.names import (ENTROPY_MEAN, FAILED, FINISHED, GRAD_NORM, KILLED, 
                              REGIMES, REWARD_MEAN, ROLLOUT_POSITIONS_PER_S, ROLLOUT_TOKENS_PER_S, STEP_S, STOPPED,
                              TAG_COLLAPSE, TAG_COLLAPSE_STEP, TAG_KIND, TRACKING_S, TRAIN_ACCURACY,
                              UPDATE_TOKENS_PER_S, ZERO_ADV_GROUP_FRAC, phase_key, regime_key)
+from workbench.train.launch import recipe_tags
 from workbench.train.results import RunResult
 from workbench.tasks.rewards import RewardPool, score_answer
 from workbench.rollout import make_backend
@@ -147,7 +148,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
                   benchmarks=_load_benchmarks(config))
     policy = _load_model(parts)
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
-            "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN, **(extra_tags or {})}
+            "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN, **recipe_tags(config), **(extra_tags or {})}
     params = flatten(config.model_dump(mode="python"))
     # The objective's full parameter set, defaults included, so a run reads the same after defaults change.
     resolved = dataclasses.asdict(config.objective.build_params())

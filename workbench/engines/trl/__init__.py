@@ -49,11 +49,20 @@ def default_nproc() -> int:
     return torch.cuda.device_count() or 1
 
 
-def command(config_path: str, output_dir: str, nproc_per_node: int, launcher_args: list[str] | None = None) -> list[str]:
+def command(config_path: str, output_dir: str, nproc_per_node: int, launcher_args: list[str] | None = None,
+            resume: bool = False) -> list[str]:
     """The torchrun command line of a run; `launcher_args` replace `--standalone` (e.g. --nnodes/--rdzv-endpoint)."""
     rdzv = list(launcher_args) if launcher_args else ["--standalone"]
     return [sys.executable, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={nproc_per_node}",
-            "-m", "workbench.engines.trl.worker", "--config", config_path, "--output-dir", output_dir]
+            "-m", "workbench.engines.trl.worker", "--config", config_path, "--output-dir", output_dir,
+            *(["--resume"] if resume else [])]
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest `checkpoint-<step>` folder TRL saved in `output_dir`, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
 def run_params(cfg: RunConfig) -> dict:
@@ -70,28 +79,32 @@ def run_params(cfg: RunConfig) -> dict:
 def open_run(cfg: RunConfig, uri: str | None):
     """Our MLflow run for an engine run of `cfg`: the local trainer's params and tags, plus `engine=trl`."""
     from workbench import tracking
+    from workbench.train.launch import recipe_tags
 
     tags = {"engine": "trl", "trl.version": check_trl(), "objective": cfg.objective.name, "task": cfg.task.name,
-            "model": cfg.model.name, "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN}
+            "model": cfg.model.name, "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN, **recipe_tags(cfg)}
     return tracking.RunTracker(experiment=cfg.experiment, run_name=cfg.resolved_run_name(), tracking_uri=uri,
                                params=run_params(cfg), tags=tags, artifacts={"config.yaml": dump_yaml(cfg)})
 
 
 def launch(cfg: RunConfig, *, tracking_uri: str | None = None, dry_run: bool = False,
-           nproc_per_node: int | None = None, output_root: str = ".cache/trl") -> int:
+           nproc_per_node: int | None = None, output_root: str = ".cache/trl", resume_run_id: str | None = None) -> int:
     """Run `cfg` under TRL in `nproc_per_node` processes; returns the exit code (2: bad input, one line on stderr).
 
     With dry_run the torchrun command is printed and nothing is written. Extra torchrun
     arguments for several nodes come from DISPO_WB_TORCHRUN_ARGS (they replace --standalone).
+    `resume_run_id` continues that run from TRL's last checkpoint in `output_root/<run id>`,
+    logging into the same MLflow run (`dispo-wb train --resume RUN_ID`).
     """
     try:
-        return _launch(cfg, tracking_uri, dry_run, nproc_per_node, output_root)
+        return _launch(cfg, tracking_uri, dry_run, nproc_per_node, output_root, resume_run_id)
     except UserError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
 
 
-def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_node: int | None, output_root: str) -> int:
+def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_node: int | None, output_root: str,
+            resume_run_id: str | None = None) -> int:
     from workbench.engines.trl.settings import layout, refusals
 
     engine = getattr(cfg, "engine", "trl")
@@ -107,6 +120,9 @@ def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_n
     from workbench import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if resume_run_id and last_checkpoint(Path(output_root) / resume_run_id) is None:
+        raise UserError(f"--resume: TRL run {resume_run_id} has no checkpoint in {Path(output_root) / resume_run_id} "
+                        f"(TRL saves one every checkpoint_every={cfg.checkpoint_every} steps)")
     if dry_run:
         out = f"{output_root}/RUN_ID"
         cmd = command(f"{out}/config.yaml", out, nproc, launcher_args)
@@ -121,11 +137,15 @@ def _launch(cfg: RunConfig, tracking_uri: str | None, dry_run: bool, nproc_per_n
             warm_start(cfg)  # build the cached warm start once, before the processes load it
         except ValueError as e:
             raise UserError(str(e)) from None
-    tracker = open_run(cfg, uri)
+    if resume_run_id:
+        tracker = tracking.RunTracker(experiment=cfg.experiment, run_name=cfg.resolved_run_name(), tracking_uri=uri,
+                                      resume_run_id=resume_run_id)
+    else:
+        tracker = open_run(cfg, uri)
     out = Path(output_root) / tracker.run_id
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    cmd = command(str(out / "config.yaml"), str(out), nproc, launcher_args)
+    cmd = command(str(out / "config.yaml"), str(out), nproc, launcher_args, resume=bool(resume_run_id))
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": tracker.run_id}
     print(f"MLFLOW_TRACKING_URI={shlex.quote(uri)} MLFLOW_RUN_ID={tracker.run_id} {shlex.join(cmd)}", flush=True)
     t0 = time.time()

@@ -51,7 +51,8 @@ def refusals(cfg: RunConfig) -> list[str]:
         out.append(f"trl engine: rollout_lag={cfg.rollout_lag} is not supported (TRL samples with the current policy); "
                    "set rollout_lag=0 and make the updates off-policy with updates_per_rollout")
     if cfg.dynamic_sampling:
-        out.append("trl engine: dynamic_sampling is not supported; set dynamic_sampling=false")
+        out.append("trl engine: dynamic_sampling is not supported (TRL trains on every group it generates; the "
+                   "dapo and cispo recipes need it: run them with --engine local or verl, or set dynamic_sampling=false)")
     return out
 
 
@@ -84,7 +85,11 @@ def grpo_kwargs(cfg: RunConfig, *, world_size: int, output_dir: str, use_cpu: bo
         "bf16": not use_cpu and cfg.model.dtype != "float32",
         "gradient_checkpointing": cfg.model.gradient_checkpointing,  # TRL's default is on
         "report_to": "none",  # metrics reach MLflow through our callback, under our keys
-        "save_strategy": "no",
+        # TRL's own checkpoints (model, optimizer, scheduler, RNG, step) every checkpoint_every of our steps:
+        # `dispo-wb train --resume RUN_ID` continues from the last one (resume_from_checkpoint).
+        "save_strategy": "steps",
+        "save_steps": cfg.checkpoint_every * cfg.updates_per_rollout,
+        "save_total_limit": 2,
         "log_completions": False,
         "disable_tqdm": True,
     }

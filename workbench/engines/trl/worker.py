@@ -18,13 +18,14 @@ from workbench.engines.trl.bridge import MlflowBridge
 from workbench.engines.trl.data import MathReward, OverlongPenalty, build_dataset
 from workbench.engines.trl.evaluation import HeldOutEval
 from workbench.engines.trl.settings import grpo_kwargs
+from workbench.engines.trl.stop import CollapseStop
 from workbench.engines.trl.trainer import WorkbenchGRPOTrainer
 from workbench.models.policy import is_micro
 from workbench.train.sft import warm_start
 
 
 def run(cfg: RunConfig, *, run_id: str, tracking_uri: str | None, output_dir: str,
-        trainer_cls: type = WorkbenchGRPOTrainer, reward=None):
+        trainer_cls: type = WorkbenchGRPOTrainer, reward=None, resume: bool = False):
     """Train `cfg` in this process of the launcher's world; returns the trainer.
 
     `reward` replaces the math reward (the engine check uses one that needs no trained model).
@@ -49,11 +50,12 @@ def run(cfg: RunConfig, *, run_id: str, tracking_uri: str | None, output_dir: st
     trainer = trainer_cls(
         model=model, reward_funcs=[reward, *([OverlongPenalty(cfg)] if cfg.overlong.enabled else [])], args=args, train_dataset=build_dataset(cfg, chat=chat),
         processing_class=tokenizer,
-        callbacks=[MlflowBridge(run_id, tracking_uri, cfg.updates_per_rollout), HeldOutEval(cfg, tokenizer, run_id, tracking_uri)],
+        callbacks=[MlflowBridge(run_id, tracking_uri, cfg.updates_per_rollout), HeldOutEval(cfg, tokenizer, run_id, tracking_uri),
+                   CollapseStop(cfg, run_id, tracking_uri)],
         objective=cfg.objective.name, params=cfg.objective.build_params(), aggregation=cfg.objective.aggregation,
     )
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=True if resume else None)  # True: the last checkpoint in output_dir
     finally:
         if hasattr(reward, "close"):
             reward.close()
@@ -66,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default=os.environ.get("MLFLOW_RUN_ID"), help="MLflow run to log into")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     parser.add_argument("--output-dir", required=True, help="TRL's output directory")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     a = parser.parse_args(argv)
     if not a.run_id:
         print("error: --run-id (or MLFLOW_RUN_ID) is required: the run is created by dispo-wb train --engine trl",
               file=sys.stderr)
         return 2
-    run(load_run_config(a.config), run_id=a.run_id, tracking_uri=a.tracking_uri, output_dir=a.output_dir)
+    run(load_run_config(a.config), run_id=a.run_id, tracking_uri=a.tracking_uri, output_dir=a.output_dir, resume=a.resume)
     return 0
 
 

@@ -11,12 +11,20 @@ How the run config maps, and what does not carry over:
 - `updates_per_rollout` = `ppo_epochs` x mini-batches: verl splits a rollout batch by prompts
   (`ppo_mini_batch_size` counts prompts), so `prompts_per_step` must be a multiple of the
   mini-batch count; the local trainer splits responses and has no such constraint.
-- `rollout_lag` has no counterpart in verl's synchronous trainer: there, importance ratios move
-  away from 1 only through the later mini-batches of each rollout batch. The run is tagged with
-  the lag it did not get (`verl.rollout_lag_ignored`).
+- `rollout_lag > 0` is refused: verl's off-policy options (`trainer.v1.trainer_mode`
+  separate_async, `sampler.max_off_policy_threshold`) bound staleness in whole trainer steps
+  and let it vary per sample, while the lag is an exact count of optimizer steps; with lag 0,
+  ratios move away from 1 through the later mini-batches of each rollout batch
+  (`updates_per_rollout`), as in the local trainer.
+- The recipe's other parts: `dynamic_sampling` is verl's group filter
+  (`algorithm.filter_groups`, metric `reward`: groups whose rewards are all equal are dropped
+  and refilled), `overlong` is verl's DAPO reward manager with its `overlong_buffer_cfg`
+  (same ramp: 0 up to max - buffer, then linear to -factor at the limit).
 - The objective's aggregation becomes verl's `loss_agg_mode`; the clip objectives' bounds are
   verl's `clip_ratio_low/high` (same meaning: offsets from 1); DISPO's four bounds and mask_mode
   go to `WorkbenchPolicyLossConfig` through `policy_loss._target_`.
+- verl dumps each step's responses (`trainer.rollout_data_dir`); `rollouts.py` turns them into
+  `response/repetition_rate` and the lengths by correctness, logged at that step with the rest.
 - No KL term, no entropy bonus (none of the compared objectives has them); `dr_grpo` advantages
   are `algorithm.norm_adv_by_std_in_grpo=false`.
 """
@@ -40,6 +48,7 @@ from workbench.errors import UserError
 from workbench.params import DISPO_BOUNDS
 from workbench.names import (ENTROPY_MEAN, EVAL_PREFIX, FAILED, FINISHED, KILLED, KIND_TRAIN, STOPPED, TAG_COLLAPSE,
                              TAG_COLLAPSE_STEP, TAG_KIND)
+from workbench.train.launch import recipe_tags
 from workbench.train.results import RunResult
 
 LOSS_AGG = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
@@ -69,11 +78,37 @@ def max_prompt_length(cfg: RunConfig, max_prompt_chars: int | None = None) -> in
     return 1024
 
 
+def refusals(cfg: RunConfig) -> list[str]:
+    """What in `cfg` verl would not run as asked, one line each (empty: runnable)."""
+    out = []
+    if cfg.rollout_lag:
+        out.append(f"engine verl: rollout_lag={cfg.rollout_lag} has no verl counterpart (its async modes bound staleness "
+                   "in trainer steps, not an exact count of optimizer steps); set rollout_lag=0 and make updates "
+                   "off-policy with updates_per_rollout")
+    return out
+
+
+def recipe_overrides(cfg: RunConfig) -> list[str]:
+    """verl's options for the recipe parts outside the loss: dynamic sampling and the overlong penalty."""
+    out = []
+    if cfg.dynamic_sampling:
+        out += ["algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=reward"]
+    if cfg.overlong.enabled:
+        o, kw = cfg.overlong, "+reward.reward_kwargs"
+        out += ["reward.reward_manager.name=dapo", f"{kw}.max_resp_len={cfg.rollout.max_new_tokens}",
+                f"{kw}.overlong_buffer_cfg.enable=true", f"{kw}.overlong_buffer_cfg.len={o.buffer}",
+                f"{kw}.overlong_buffer_cfg.penalty_factor={_value(o.factor)}", f"{kw}.overlong_buffer_cfg.log=false"]
+    return out
+
+
 def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, val_file: str | Path,
-                   prompt_length: int, reward_file: str | Path = REWARD_FILE) -> list[str]:
+                   prompt_length: int, reward_file: str | Path = REWARD_FILE, rollout_dir: str | Path | None = None) -> list[str]:
     """verl's Hydra overrides for one run config (`python -m verl.trainer.main_ppo <these>`)."""
     from workbench.core.objectives import ClipParams, get_spec
 
+    problems = refusals(cfg)
+    if problems:
+        raise UserError(problems[0])
     if cfg.rollout.prompts_per_step % cfg.minibatches:
         raise UserError(f"engine verl splits a rollout batch by prompts: rollout.prompts_per_step "
                         f"({cfg.rollout.prompts_per_step}) must be a multiple of updates_per_rollout/epochs "
@@ -125,6 +160,7 @@ def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, v
         f"{r}.val_kwargs.do_sample=true",
         f"reward.custom_reward_function.path={reward_file}",
         "reward.custom_reward_function.name=compute_score",
+        *recipe_overrides(cfg),
         f"trainer.total_training_steps={cfg.steps}",
         "trainer.total_epochs=1",  # the train file holds exactly steps x prompts_per_step prompts
         f"trainer.test_freq={cfg.eval.every}",
@@ -134,6 +170,8 @@ def verl_overrides(cfg: RunConfig, *, model_path: str, train_file: str | Path, v
         f"trainer.project_name={cfg.experiment}",
         f"trainer.experiment_name={cfg.resolved_run_name()}",
     ]
+    if rollout_dir is not None:  # each step's responses, for the statistics verl does not log (rollouts.py)
+        out.append(f"trainer.rollout_data_dir={rollout_dir}")
     return out
 
 
@@ -160,6 +198,19 @@ def check_registered(objective: str) -> None:
                         f"{', '.join(wb)}); is dispo-wb installed in verl's environment with its verl.plugins entry point?")
 
 
+def check_config(cfg: RunConfig, engine_args: list[str] | tuple[str, ...] = ()) -> None:
+    """verl's own config checks (`workbench.engines.verl.checks`) on the run's overrides, before anything is
+    exported: a key verl does not have or a batch that does not divide stops the launch in one line."""
+    from workbench.engines.verl.checks import check_overrides
+
+    where = work_dir(cfg)
+    overrides = verl_overrides(cfg, model_path=str(where / "model"), train_file=where / "data/train.parquet",
+                               val_file=where / "data/val.parquet", prompt_length=max_prompt_length(cfg))
+    problems = check_overrides([*overrides, *engine_args])
+    if problems:
+        raise UserError(f"engine verl: {problems[0]}")
+
+
 def work_dir(cfg: RunConfig) -> Path:
     """Where a run's parquet files and exported model go: one folder per config."""
     digest = hashlib.sha256(dump_yaml(cfg).encode()).hexdigest()[:12]
@@ -174,7 +225,8 @@ def prepare(cfg: RunConfig) -> tuple[list[str], Path]:
     files = export_parquet(cfg, where / "data")
     model_path = export_model(cfg, where / "model")
     return verl_overrides(cfg, model_path=model_path, train_file=files.train.resolve(), val_file=files.val.resolve(),
-                          prompt_length=max_prompt_length(cfg, files.max_prompt_chars)), where
+                          prompt_length=max_prompt_length(cfg, files.max_prompt_chars),
+                          rollout_dir=(where / "rollouts").resolve()), where
 
 
 def launch(cfg: RunConfig, *, tracking_uri: str | None = None, dry_run: bool = False,
@@ -205,13 +257,17 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     """One verl run as a RunResult, like `workbench.train.trainer.train` (sweeps call this per seed)."""
     from workbench import tracking
 
+    problems = refusals(config)
+    if problems:  # before anything is exported
+        raise UserError(problems[0])
     check_available()
     check_registered(config.objective.name)
+    check_config(config, engine_args)
     overrides, _where = prepare(config)
     cmd = verl_command(overrides, engine_args)
     tags = {"objective": config.objective.name, "task": config.task.name, "model": config.model.name,
-            "engine": "verl", "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN,
-            "verl.rollout_lag_ignored": str(config.rollout_lag), **(extra_tags or {})}
+            "engine": "verl", "git_commit": tracking.git_commit(), TAG_KIND: KIND_TRAIN, **recipe_tags(config),
+            **(extra_tags or {})}
     tracker = tracking.RunTracker(experiment=config.experiment, run_name=config.resolved_run_name(),
                                   tracking_uri=tracking_uri, params=flatten(config.model_dump(mode="python")),
                                   tags=tags, parent_run_id=parent_run_id,
@@ -221,7 +277,8 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
            "MLFLOW_RUN_ID": tracker.run_id}
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    follower = _Follower(config, tracker.run_id, tracking_uri, on_eval)
+    model_path = next((o.split("=", 1)[1] for o in overrides if o.startswith("actor_rollout_ref.model.path=")), None)
+    follower = _Follower(config, tracker.run_id, tracking_uri, on_eval, _where / "rollouts", model_path)
     status, reason = FINISHED, None
     try:
         while proc.poll() is None:
@@ -238,7 +295,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
         status, reason = KILLED, "interrupted"
     if proc.returncode and status == FINISHED:
         status, reason = FAILED, f"verl exited with code {proc.returncode}"
-    follower.poll()
+    follower.poll(final=True)
     tracker.finish(status=FINISHED if status == STOPPED else status, reason=reason)
     return follower.result(status, time.monotonic() - start, reason)
 
@@ -252,13 +309,31 @@ def _micro(cfg: RunConfig) -> bool:
 class _Follower:
     """Reads verl's keys from the run, logs ours, answers on_eval, detects collapse."""
 
-    def __init__(self, cfg: RunConfig, run_id: str, tracking_uri: str | None, on_eval):
+    def __init__(self, cfg: RunConfig, run_id: str, tracking_uri: str | None, on_eval,
+                 rollout_dir: Path | None = None, model_path: str | None = None):
         self.cfg, self.run_id, self.uri, self.on_eval = cfg, run_id, tracking_uri, on_eval
-        self.logged: set[int] = set()
+        self.rollout_dir, self.model_path, self._encode = rollout_dir, model_path, None
+        self.logged: set[tuple[int, str]] = set()
         self.ours: dict[str, list[tuple[int, float]]] = {}
+        self.responses: dict[int, dict[str, float]] = {}  # step -> statistics from verl's rollout dump
         self.collapse: tuple[str | None, int | None] = (None, None)
 
-    def poll(self) -> bool:
+    def _read_rollouts(self, final: bool) -> None:
+        """Statistics of the steps whose dump is complete: every step but the newest while verl runs."""
+        from workbench.engines.verl.rollouts import read_rows, step_files, step_metrics, tokenizer_encoder
+
+        if self.rollout_dir is None or self.model_path is None:
+            return
+        files = step_files(self.rollout_dir)
+        newest = max(files, default=0)
+        for step in sorted(set(files) - set(self.responses)):
+            if step == newest and not final:
+                break
+            if self._encode is None:
+                self._encode = tokenizer_encoder(self.model_path, self.cfg.model.trust_remote_code)
+            self.responses[step] = step_metrics(read_rows(files[step]), self._encode, self.cfg)
+
+    def poll(self, final: bool = False) -> bool:
         """Translate new steps; True when on_eval asked to stop or a collapse should stop the run."""
         from workbench import tracking
         from workbench.metrics.collapse import SIGNALS, detect_collapse
@@ -266,15 +341,23 @@ class _Follower:
 
         keys = [k for k in tracking.metric_keys(self.run_id, self.uri) if not _is_ours(k)]
         self.ours = translate_history(tracking.metric_histories(self.run_id, keys, self.uri))
+        self._read_rollouts(final)
+        for step, stats in sorted(self.responses.items()):
+            for key, value in stats.items():
+                self.ours.setdefault(key, []).append((step, value))
         by_step: dict[int, dict[str, float]] = {}
         for key, series in self.ours.items():
             for step, value in series:
                 by_step.setdefault(step, {})[key] = value
         stop = False
-        for step in sorted(set(by_step) - self.logged):
-            tracking.log_run_metrics(self.run_id, by_step[step], step, self.uri)
-            self.logged.add(step)
-            evals = {k: v for k, v in by_step[step].items() if k.startswith(EVAL_PREFIX)}
+        for step in sorted(by_step):
+            # A step's rollout statistics can arrive a poll after its verl metrics: log each key once.
+            new = {k: v for k, v in by_step[step].items() if (step, k) not in self.logged}
+            if not new:
+                continue
+            tracking.log_run_metrics(self.run_id, new, step, self.uri)
+            self.logged.update((step, k) for k in new)
+            evals = {k: v for k, v in new.items() if k.startswith(EVAL_PREFIX)}
             if evals and self.on_eval is not None and self.on_eval(step, evals):
                 stop = True
         if self.collapse[0] is None:
