@@ -23,11 +23,15 @@ _SQLITE = "sqlite:///"
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """Explicit URI, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory.
 
-    A password in the URI moves into MLflow's environment variables (workbench.services.credentials).
+    A password in the URI moves into MLflow's environment variables (workbench.services.credentials);
+    for a server, a stack's login file (DISPO_MLFLOW_AUTH) fills them when they are unset.
     """
-    from workbench.services.credentials import take_password
+    from workbench.services.credentials import login_from_file, take_password
 
-    return take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    resolved = take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    if resolved.startswith(("http://", "https://")):
+        login_from_file()
+    return resolved
 
 
 def sqlite_path(uri: str) -> Path | None:
