@@ -381,3 +381,27 @@ def test_resume_shows_no_download_bar_and_drops_the_reason_the_run_ended(tmp_pat
     err = capfd.readouterr().err
     assert "Downloading" not in err and "%|" not in err, err
     assert TAG_FAILURE not in MlflowClient(uri).get_run(run.run_id).data.tags
+
+
+def test_runs_clean_ends_the_study_and_trial_runs_of_a_killed_sweep_coordinator(tmp_path):
+    from workbench.names import TAG_STATE
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    child = _python(f"""
+        import os
+        from workbench.tracking import lineage
+        study = lineage.open_study_run(study_name="s", experiment="e", tags={{}}, tracking_uri={uri!r})
+        trial = lineage.open_trial_run(parent_run_id=study, study_name="s", trial_number=0, params={{"x": 1}},
+                                       tracking_uri={uri!r})
+        print(study, trial, flush=True)
+        os._exit(0)  # dies with both runs open, as a SIGKILLed coordinator would
+        """, tmp_path, stdout=subprocess.PIPE, text=True)
+    study, trial = child.communicate(timeout=120)[0].split()
+    out = runner.invoke(app, ["runs", "clean", "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    assert "2 run(s) marked KILLED, 0 left RUNNING" in out.output
+    c = MlflowClient(uri)
+    for run_id in (study, trial):
+        assert c.get_run(run_id).info.status == "KILLED"
+        assert "is gone" in c.get_run(run_id).data.tags[TAG_FAILURE]
+    assert c.get_run(trial).data.tags[TAG_STATE] == "FAIL"
