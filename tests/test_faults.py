@@ -405,3 +405,27 @@ def test_runs_clean_ends_the_study_and_trial_runs_of_a_killed_sweep_coordinator(
         assert c.get_run(run_id).info.status == "KILLED"
         assert "is gone" in c.get_run(run_id).data.tags[TAG_FAILURE]
     assert c.get_run(trial).data.tags[TAG_STATE] == "FAIL"
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path, monkeypatch):
+    import optuna
+    from optuna.trial import TrialState
+
+    from workbench.sweep.storage import fail_stale_trials, open_storage
+
+    monkeypatch.setenv("DISPO_HEARTBEAT_S", "1")
+    monkeypatch.setenv("DISPO_GRACE_S", "1")
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/o.db"), study_name="s")
+    lost = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # RUNNING, no heartbeat thread started
+    beating = study.ask()
+    study._storage.record_heartbeat(beating._trial_id)
+    fail_stale_trials(study, None)  # within the grace period: nothing is failed yet
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
+    time.sleep(1.5)
+    study._storage.record_heartbeat(beating._trial_id)  # this one's worker lives on
+    fail_stale_trials(study, None)
+    ts = study.get_trials()
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert ts[2].user_attrs["retry_of"] == lost.number and ts[2].system_attrs["fixed_params"] == lost.params
+    fail_stale_trials(study, None)  # queued once, not once per check
+    assert len(study.get_trials()) == 3
