@@ -76,6 +76,7 @@ def write_mlflow_auth(path: Path, database_uri: str, username: str) -> None:
                        f"admin_username = {username}\n"
                        f"admin_password = {secrets.token_urlsafe(24)}\n"
                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+
                        "[dispo]\n"
                        f"flask_secret_key = {secrets.token_urlsafe(32)}\n")
 

@@ -21,6 +21,12 @@ MLFLOW_TRACKING_PASSWORD. The server answers only requests whose Host header is 
 given (`--allowed-hosts`), and browsers only from its own origin (`--cors-allowed-origins`).
 On loopback nothing changes: no login, as before.
 
+Connections are sized for `WORKER_PROCESSES` sweep processes at once (coordinators and their
+worker processes, on all hosts together: e.g. 16 hosts running `sweep --workers 3`): each holds at
+most `OPTUNA_POOL` + `OPTUNA_OVERFLOW` pooled connections plus one for the study lock, the MLflow
+server's workers hold `MLFLOW_POOL` + `MLFLOW_OVERFLOW` each, and `max_connections` covers the
+sum with room for psql and status commands. More processes than that: raise WORKER_PROCESSES.
+
 PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` system user
 the Debian package creates, and its commands run as that user.
 """
@@ -50,6 +56,11 @@ DEFAULT_DIR = Path(".services")
 PG_PORT, MLFLOW_PORT = 5433, 5005
 ROLE, DATABASES = "dispo", ("optuna", "mlflow")
 MLFLOW_ADMIN = "dispo"  # the basic-auth app's admin login beyond loopback
+WORKER_PROCESSES = 64
+OPTUNA_POOL, OPTUNA_OVERFLOW = 2, 2  # a worker uses one connection at a time, its heartbeat thread another
+MLFLOW_WORKERS, MLFLOW_POOL, MLFLOW_OVERFLOW = 2, 5, 10
+MAX_CONNECTIONS = WORKER_PROCESSES * (OPTUNA_POOL + OPTUNA_OVERFLOW + 1) + MLFLOW_WORKERS * (
+    MLFLOW_POOL + MLFLOW_OVERFLOW) + 20
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -184,7 +195,7 @@ def _init_cluster(stack: Stack, password: str, user: str | None, allow_subnet: s
 
 def pg_start(stack: Stack) -> None:
     data, user = _pg_dir(stack).resolve(), _owner()
-    opts = f"-c listen_addresses={stack.host} -p {stack.pg_port} -k {data}"
+    opts = f"-c listen_addresses={stack.host} -p {stack.pg_port} -k {data} -c max_connections={MAX_CONNECTIONS}"
     _run([pg_bin("pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-o", opts, "-w", "-t", "60", "start"],
          user=user)
 
@@ -216,14 +227,16 @@ def _mlflow_pidfile(stack: Stack) -> Path:
     return stack.folder / "mlflow.pid"
 
 
-def mlflow_start(stack: Stack, timeout_s: float = 180) -> None:
+def mlflow_start(stack: Stack, timeout_s: float = 600) -> None:
+    # Each uvicorn worker imports MLflow (and the auth app) on its own: minutes on a loaded machine.
     artifacts = (stack.folder / "artifacts").resolve()
     artifacts.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.backend_url,
             "--artifacts-destination", str(artifacts), "--host", stack.host, "--port", str(stack.mlflow_port),
-            "--workers", "2"]
+            "--workers", str(MLFLOW_WORKERS)]
     env = {**{k: v for k, v in os.environ.items() if k not in _LOGIN_ENV},
-           "PGPASSFILE": str(stack.pgpass.resolve())}
+           "PGPASSFILE": str(stack.pgpass.resolve()), "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(MLFLOW_POOL),
+           "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(MLFLOW_OVERFLOW)}
     if stack.auth:
         if importlib.util.find_spec("flask_wtf") is None:
             raise UserError("MLflow's login (basic-auth app), needed beyond loopback, requires Flask-WTF; "
