@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -34,6 +35,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests import services_stack as ss
+from workbench import names
 from workbench.services import credentials
 from workbench.services import stack as services
 
@@ -147,6 +149,7 @@ def lan():
                 services.down(folder)
         finally:
             net.close()
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def on_signal(signum, frame):
         teardown()
@@ -157,8 +160,12 @@ def lan():
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         net.open()
-        stack = services.up(folder, host=net.server, pg_port=ss.free_port(), mlflow_port=ss.free_port(),
-                            allow_subnet=net.subnet)
+        try:
+            stack = services.up(folder, host=net.server, pg_port=ss.free_port(), mlflow_port=ss.free_port(),
+                                allow_subnet=net.subnet)
+        except Exception as e:  # the server's log goes with the folder: say why here
+            log = folder / "mlflow.log"
+            pytest.fail(f"{e}\n{log.read_text(errors='replace')[-3000:] if log.exists() else ''}")
         yield net, stack
     finally:
         teardown()
@@ -176,18 +183,20 @@ if user:
 if len(sys.argv) > 4:
     req.add_header("Host", sys.argv[4])
 try:
-    with urllib.request.urlopen(req, timeout=20) as r:
+    with urllib.request.urlopen(req, timeout=240) as r:  # a first request opens the store: slow under load
         print(r.status)
 except urllib.error.HTTPError as e:
     print(e.code)
 """
 
 
-def _status_from(net: Network, i: int, url: str, user: str = "", password: str = "", host: str | None = None) -> int:
+def _status_from(net: Network, i: int, stack, user: str = "", password: str = "", host: str | None = None) -> int:
     """HTTP status of an experiments search sent from inside namespace `i`."""
-    argv = [*net.run_in(i), sys.executable, "-c", GET_EXPERIMENTS, url, user, password, *([host] if host else [])]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    argv = [*net.run_in(i), sys.executable, "-c", GET_EXPERIMENTS, stack.tracking_uri, user, password,
+            *([host] if host else [])]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    log = (stack.folder / "mlflow.log").read_text(errors="replace")[-3000:]
+    assert out.returncode == 0, f"{out.stderr[-1000:]}\n--- mlflow.log:\n{log}"
     return int(out.stdout.strip())
 
 
@@ -198,11 +207,11 @@ def test_beyond_loopback_mlflow_asks_for_the_generated_login_and_postgres_admits
     login = credentials.read_mlflow_auth(stack.auth_file)
     assert stat.S_IMODE(stack.auth_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(stack.pgpass.stat().st_mode) == 0o600
-    assert _status_from(net, 0, stack.tracking_uri) == 401
-    assert _status_from(net, 0, stack.tracking_uri, login["username"], "not-the-password") == 401
-    assert _status_from(net, 1, stack.tracking_uri, login["username"], login["password"]) == 200
+    assert _status_from(net, 0, stack) == 401
+    assert _status_from(net, 0, stack, login["username"], "not-the-password") == 401
+    assert _status_from(net, 1, stack, login["username"], login["password"]) == 200
     # A Host header the server was not started for is refused before any login is looked at.
-    assert _status_from(net, 0, stack.tracking_uri, login["username"], login["password"], host="evil.example") in (
+    assert _status_from(net, 0, stack, login["username"], login["password"], host="evil.example") in (
         400, 403)
     hba = [line.split() for line in (stack.folder / "pg" / "pg_hba.conf").read_text().splitlines()
            if line.strip() and not line.startswith("#")]
@@ -211,5 +220,117 @@ def test_beyond_loopback_mlflow_asks_for_the_generated_login_and_postgres_admits
                          password=ss.password(stack)) as conn, conn.cursor() as cur:
         cur.execute("show listen_addresses")
         assert cur.fetchone()[0] == net.server
+        cur.execute("show max_connections")  # sized for services.WORKER_PROCESSES sweep processes
+        assert int(cur.fetchone()[0]) == services.MAX_CONNECTIONS
     assert login["password"] not in (stack.folder / "services.env").read_text()
     assert login["password"] not in (stack.folder / "mlflow.log").read_text(errors="replace")
+
+
+def _write_study(folder: Path, name: str, space: dict, sleep: float, steps: int = 4) -> Path:
+    data = {"name": name, "base": {"experiment": f"exp-{name}", "steps": steps, "model": {"name": "micro-0.5m"},
+                                   "eval": {"every": 2}, "run_name": f"fake:sleep={sleep}"},
+            "space": space, "sampler": "grid", "pruner": "none", "workers": 1}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _trials(stack, name: str) -> list[optuna.trial.FrozenTrial]:
+    os.environ["PGPASSFILE"] = str(stack.pgpass.resolve())
+    try:
+        return optuna.load_study(study_name=name, storage=_observer(stack)).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
+def _observer(stack) -> optuna.storages.RDBStorage:
+    """One storage for all of the test's polling (a new one per poll holds a connection until GC)."""
+    if stack.storage_url not in _STORAGES:
+        _STORAGES[stack.storage_url] = optuna.storages.RDBStorage(stack.storage_url)
+    return _STORAGES[stack.storage_url]
+
+
+def test_two_workers_in_their_own_namespaces_sweep_over_the_wire_and_a_sigkilled_one_is_retried(lan, tmp_path):
+    from mlflow import MlflowClient
+
+    net, stack = lan
+    login = credentials.read_mlflow_auth(stack.auth_file)
+    secrets_ = {"postgres": ss.password(stack), "mlflow": login["password"]}
+    name = f"lan-{uuid.uuid4().hex[:8]}"
+    study = _write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2], "eps_pos_up": [0.2, 1.0]}, sleep=1.0)
+    # Host 0 reads both secrets from the stack's 0600 files; host 1 gets them in its environment.
+    envs = [{"PGPASSFILE": str(stack.pgpass.resolve()), credentials.AUTH_FILE_ENV: str(stack.auth_file.resolve())},
+            {"PGPASSWORD": secrets_["postgres"], "MLFLOW_TRACKING_USERNAME": login["username"],
+             "MLFLOW_TRACKING_PASSWORD": login["password"]}]
+    workers = []
+    for i, extra in enumerate(envs):
+        home = tmp_path / f"host{i}"
+        home.mkdir()
+        workers.append(subprocess.Popen(
+            [*net.run_in(i), *FAKE_CLI, "sweep", str(study), "--storage", stack.storage_url,
+             "--tracking-uri", stack.tracking_uri, "--workers", "1"], cwd=home,
+            stdout=open(home / "out.log", "w"), stderr=open(home / "err.log", "w"),
+            env=ss.worker_env(DISPO_HEARTBEAT_S="1", DISPO_GRACE_S="4", **extra)))
+    def logs() -> str:
+        states = [(t.number, t.state.name, "mlflow_run_id" in t.user_attrs) for t in _trials(stack, name)]
+        return f"trials {states}\n" + "\n".join(
+            f"--- host{i} {f}:\n" + (tmp_path / f"host{i}" / f).read_text()[-1500:]
+            for i in range(2) for f in ("out.log", "err.log"))
+
+    try:
+        deadline = time.monotonic() + 300  # process start-up takes a minute on a busy machine
+        while time.monotonic() < deadline:  # kill host 0 once both hosts are inside a trial run
+            running = [t for t in _trials(stack, name) if t.state == TrialState.RUNNING]
+            if sum("mlflow_run_id" in t.user_attrs for t in running) == 2:
+                time.sleep(1.0)
+                break
+            assert all(w.poll() is None for w in workers), logs()
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"two trials never ran at once; {logs()}")
+        workers[0].send_signal(signal.SIGKILL)
+        workers[1].wait(timeout=300)
+        assert workers[1].returncode == 0, logs()
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
+
+    ts = _trials(stack, name)
+    complete = [t for t in ts if t.state == TrialState.COMPLETE]
+    failed = [t for t in ts if t.state == TrialState.FAIL]
+    assert len(complete) == 4 and len({tuple(sorted(t.params.items())) for t in complete}) == 4  # none lost or twice
+    assert len(failed) == 1 and len(ts) == 5
+    retry = [t for t in complete if t.user_attrs.get("retry_of") == failed[0].number]
+    assert len(retry) == 1 and retry[0].params == failed[0].params
+
+    os.environ.update({"MLFLOW_TRACKING_USERNAME": login["username"], "MLFLOW_TRACKING_PASSWORD": login["password"]})
+    try:
+        client = MlflowClient(stack.tracking_uri)
+        exp = client.get_experiment_by_name(f"exp-{name}")
+        runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], f"tags.`{names.TAG_KIND}` != 'study'")}
+    finally:
+        for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(k)
+    assert {t.user_attrs["mlflow_run_id"] for t in ts} <= set(runs)
+    assert runs[failed[0].user_attrs["mlflow_run_id"]].info.status == "KILLED"
+    assert runs[retry[0].user_attrs["mlflow_run_id"]].info.status == "FINISHED"
+
+    # The report, from this host, with the login read from the stack's file: then no secret anywhere.
+    out = subprocess.run([*ss.dispo_wb(), "report", name, "--tracking-uri", stack.tracking_uri, "--no-png",
+                          "--out-dir", str(tmp_path / "reports")], cwd=tmp_path, capture_output=True, text=True,
+                         env=ss.worker_env(PGPASSFILE=str(stack.pgpass.resolve()),
+                                           **{credentials.AUTH_FILE_ENV: str(stack.auth_file.resolve())}))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "reports" / name / "index.html").is_file()
+    dump = ss.dump_databases(stack)  # every MLflow param, tag, metric and Optuna attribute
+    for what, secret in secrets_.items():
+        assert secret not in out.stdout + out.stderr, what
+        assert ss.grep_tree(tmp_path, secret) == [], what  # worker logs, working folders, the report
+        assert ss.grep_tree(stack.folder / "artifacts", secret) == [], what
+        assert secret not in dump, what
+        assert secret not in (stack.folder / "mlflow.log").read_text(errors="replace"), what

@@ -59,6 +59,7 @@ MLFLOW_ADMIN = "dispo"  # the basic-auth app's admin login beyond loopback
 WORKER_PROCESSES = 64
 OPTUNA_POOL, OPTUNA_OVERFLOW = 2, 2  # a worker uses one connection at a time, its heartbeat thread another
 MLFLOW_WORKERS, MLFLOW_POOL, MLFLOW_OVERFLOW = 2, 5, 10
+HEALTHCHECK_S = 300
 MAX_CONNECTIONS = WORKER_PROCESSES * (OPTUNA_POOL + OPTUNA_OVERFLOW + 1) + MLFLOW_WORKERS * (
     MLFLOW_POOL + MLFLOW_OVERFLOW) + 20
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -233,7 +234,10 @@ def mlflow_start(stack: Stack, timeout_s: float = 600) -> None:
     artifacts.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.backend_url,
             "--artifacts-destination", str(artifacts), "--host", stack.host, "--port", str(stack.mlflow_port),
-            "--workers", str(MLFLOW_WORKERS)]
+            "--workers", str(MLFLOW_WORKERS),
+            # uvicorn's supervisor kills a worker that misses its 5 s health ping; a worker still
+            # importing MLflow on a loaded machine misses it, and they died and restarted endlessly.
+            "--uvicorn-opts", f"--timeout-worker-healthcheck {HEALTHCHECK_S}"]
     env = {**{k: v for k, v in os.environ.items() if k not in _LOGIN_ENV},
            "PGPASSFILE": str(stack.pgpass.resolve()), "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(MLFLOW_POOL),
            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(MLFLOW_OVERFLOW)}
