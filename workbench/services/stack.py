@@ -272,7 +272,7 @@ _LOGIN_ENV = ("PGPASSWORD", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWOR
 
 def mlflow_running(stack: Stack) -> bool:
     try:
-        with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=2) as r:
+        with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=10) as r:  # seconds under load
             return r.status == 200
     except OSError:
         return False
