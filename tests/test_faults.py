@@ -106,8 +106,8 @@ def test_kill_9_then_resume_marks_the_run_killed_and_logs_each_step_once(tmp_pat
     monkeypatch.chdir(tmp_path)  # checkpoints live under the working directory
     cfg = resume_config(run_id, uri, {})
     killed = c.get_run(run_id)
-    assert killed.info.status == "KILLED"
-    assert f"process {run.data.tags[TAG_PID]}" in killed.data.tags[TAG_FAILURE]
+    assert killed.info.status == "KILLED"  # marked so (`process N is gone`), that reason dropped as it resumes
+    assert TAG_FAILURE not in killed.data.tags
     result = train(cfg, tracking_uri=uri, resume_run_id=run_id, progress=False)
     assert result.status == "FINISHED" and result.steps_done == 6
     for key in ("loss/policy", "reward/mean", "regime/neg_up/clip_frac"):
@@ -286,3 +286,146 @@ def test_kill_9_of_a_sweep_leaves_no_process_that_writes(tmp_path, workers):
     finally:
         for pid in _carrying(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- the last bad inputs ----------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_key_given_twice_in_a_run_config_or_study_file_names_the_key_and_both_lines(tmp_path, monkeypatch):
+    from workbench.config import ConfigError, read_yaml
+    from workbench.sweep.study_file import load_study_file
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run.yaml"
+    run.write_text("steps: 4\nlr: 0.001\nsteps: 8\n")
+    out = runner.invoke(app, ["train", "--config", str(run), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "-q"])
+    assert out.exit_code == 2
+    assert out.output.strip().splitlines() == [
+        f"error: {run}: key 'steps' appears twice in one mapping, at line 1 and line 3; each key may appear once"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]  # nothing written
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\nbase:\n  steps: 4\n  model:\n    name: micro-0.5m\n  steps: 6\nspace:\n"
+                     "  eps_neg_up: [0.1, 0.2]\n")
+    with pytest.raises(ConfigError) as e:
+        load_study_file(study)
+    assert e.value.lines == [f"{study}: key 'steps' appears twice in one mapping, at line 3 and line 6; "
+                             "each key may appear once"]
+    merged = tmp_path / "merge.yaml"  # a merge key's values may be overridden: that is no duplicate
+    merged.write_text("a: &d {x: 1, y: 2}\nb:\n  <<: *d\n  x: 3\n")
+    assert read_yaml(merged)["b"] == {"x": 3, "y": 2}
+
+
+def test_an_unreachable_tracking_server_is_one_line_within_seconds_and_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    for argv in (["train", "--tracking-uri", uri, "--steps", "2", "-q"], ["runs", "clean", "--tracking-uri", uri]):
+        t0 = time.monotonic()
+        out = runner.invoke(app, argv)
+        took = time.monotonic() - t0
+        assert out.exit_code == 2, (argv, out.output)
+        lines = out.output.strip().splitlines()
+        assert len(lines) == 1 and f"no MLflow server answers at {uri}" in lines[0], out.output
+        assert took < 15, took  # not MLflow's minutes of retries
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_resume_writes_nothing(tmp_path, monkeypatch):
+    from workbench.tracking import RunTracker
+
+    monkeypatch.chdir(tmp_path)
+    missing = f"sqlite:///{tmp_path}/typo.db"  # no store there: the refusal must not create one
+    out = runner.invoke(app, ["train", "--resume", "0123abcd", "--tracking-uri", missing, "-q"])
+    assert out.exit_code == 2 and "no MLflow store at" in out.output, out.output
+    assert list(tmp_path.iterdir()) == []
+
+    store = tmp_path / "s"
+    store.mkdir()
+    uri = f"sqlite:///{store}/m.db"
+    done = RunTracker(experiment="e", run_name="done", tracking_uri=uri)
+    done.finish()
+    (store / "m.db.lock").unlink()  # a store copied here, say: opening it to refuse must not add a file
+    before = (store / "m.db").read_bytes()
+    for run_id, why in ((done.run_id, "already FINISHED"), ("0123abcd", "no run '0123abcd'")):
+        out = runner.invoke(app, ["train", "--resume", run_id, "--tracking-uri", uri, "-q"])
+        assert out.exit_code == 2 and why in out.output, out.output
+        assert sorted(p.name for p in store.iterdir()) == ["m.db"]
+        assert (store / "m.db").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_resume_shows_no_download_bar_and_drops_the_reason_the_run_ended(tmp_path, monkeypatch, capfd):
+    from workbench.config import dump_yaml
+    from workbench.tracking import RunTracker
+    from workbench.train.checkpoint import checkpoint_path
+    from workbench.train.launch import resume_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run = RunTracker(experiment="e", run_name="failed once", tracking_uri=uri)
+    run.log_text(dump_yaml(build_run_config(TINY)), "config.yaml")
+    run.finish("FAILED", reason="disk full: [Errno 28] No space left on device")
+    checkpoint_path(run.run_id).parent.mkdir(parents=True)
+    checkpoint_path(run.run_id).write_bytes(b"state")  # resume_config checks it exists, not what it holds
+    capfd.readouterr()
+    cfg = resume_config(run.run_id, uri, {})
+    assert cfg.steps == TINY["steps"]
+    err = capfd.readouterr().err
+    assert "Downloading" not in err and "%|" not in err, err
+    assert TAG_FAILURE not in MlflowClient(uri).get_run(run.run_id).data.tags
+
+
+def test_runs_clean_ends_the_study_and_trial_runs_of_a_killed_sweep_coordinator(tmp_path):
+    from workbench.names import TAG_STATE
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    child = _python(f"""
+        import os
+        from workbench.tracking import lineage
+        study = lineage.open_study_run(study_name="s", experiment="e", tags={{}}, tracking_uri={uri!r})
+        trial = lineage.open_trial_run(parent_run_id=study, study_name="s", trial_number=0, params={{"x": 1}},
+                                       tracking_uri={uri!r})
+        print(study, trial, flush=True)
+        os._exit(0)  # dies with both runs open, as a SIGKILLed coordinator would
+        """, tmp_path, stdout=subprocess.PIPE, text=True)
+    study, trial = child.communicate(timeout=120)[0].split()
+    out = runner.invoke(app, ["runs", "clean", "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    assert "2 run(s) marked KILLED, 0 left RUNNING" in out.output
+    c = MlflowClient(uri)
+    for run_id in (study, trial):
+        assert c.get_run(run_id).info.status == "KILLED"
+        assert "is gone" in c.get_run(run_id).data.tags[TAG_FAILURE]
+    assert c.get_run(trial).data.tags[TAG_STATE] == "FAIL"
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path, monkeypatch):
+    import optuna
+    from optuna.trial import TrialState
+
+    from workbench.sweep.storage import fail_stale_trials, open_storage
+
+    monkeypatch.setenv("DISPO_HEARTBEAT_S", "1")
+    monkeypatch.setenv("DISPO_GRACE_S", "1")
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/o.db"), study_name="s")
+    lost = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # RUNNING, no heartbeat thread started
+    beating = study.ask()
+    study._storage.record_heartbeat(beating._trial_id)
+    fail_stale_trials(study, None)  # within the grace period: nothing is failed yet
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
+    time.sleep(1.5)
+    study._storage.record_heartbeat(beating._trial_id)  # this one's worker lives on
+    fail_stale_trials(study, None)
+    ts = study.get_trials()
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert ts[2].user_attrs["retry_of"] == lost.number and ts[2].system_attrs["fixed_params"] == lost.params
+    fail_stale_trials(study, None)  # queued once, not once per check
+    assert len(study.get_trials()) == 3

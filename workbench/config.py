@@ -287,13 +287,56 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
     return lines
 
 
+class DuplicateKey(ValueError):
+    """A YAML mapping names one key twice; `str()` names the key and both lines."""
+
+
+_STRICT_LOADER = None
+
+
+def _strict_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    global _STRICT_LOADER
+    if _STRICT_LOADER is not None:
+        return _STRICT_LOADER
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:  # the mapping's own keys: `<<` merges may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise DuplicateKey(f"key {key!r} appears twice in one mapping, at line {first} and line "
+                                       f"{key_node.start_mark.line + 1}; each key may appear once")
+            return super().construct_mapping(node, deep=deep)
+
+    _STRICT_LOADER = StrictLoader
+    return StrictLoader
+
+
+def strict_yaml_load(text: str) -> Any:
+    """`yaml.safe_load` that raises DuplicateKey for a key given twice in one mapping."""
+    import yaml
+
+    return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping; a missing file, a syntax error or a non-mapping is a ConfigError."""
+    """Parse a YAML mapping; a missing file, a syntax error, a duplicate key or a non-mapping is a ConfigError."""
     import yaml  # here, not at the top: most bad command lines are refused without reading any YAML
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = strict_yaml_load(p.read_text(encoding="utf-8"))
+    except DuplicateKey as e:
+        raise ConfigError([f"{p}: {e}"]) from None
     except FileNotFoundError:
         raise ConfigError([f"{p}: no such file"]) from None
     except UnicodeDecodeError as e:

@@ -19,6 +19,9 @@ def _print_urls(stack) -> None:
     typer.echo(f"Optuna storage:  {stack.storage_url}")
     typer.echo(f"MLflow server:   {stack.tracking_uri}  (UI and tracking URI)")
     typer.echo(f"password file:   {stack.pgpass}  (mode 0600; libpq reads it through PGPASSFILE)")
+    if stack.auth:
+        typer.echo(f"MLflow login:    {stack.auth_file}  (mode 0600; clients read it through DISPO_MLFLOW_AUTH, "
+                   "or set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
     typer.echo(f"use them with:   source {env}")
     typer.echo(f"  dispo-wb sweep STUDY.yaml --storage {stack.storage_url} --tracking-uri {stack.tracking_uri}")
 
@@ -29,12 +32,15 @@ def up_cmd(
     host: Annotated[str, typer.Option(help="interface both services listen on; loopback keeps them private")] = "127.0.0.1",
     pg_port: Annotated[int, typer.Option(min=1, max=65535, help="PostgreSQL port")] = 5433,
     mlflow_port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow server port")] = 5005,
+    allow_subnet: Annotated[str | None, typer.Option(
+        help="beyond loopback: the workers' network (CIDR, e.g. 10.77.0.0/24), the only one PostgreSQL admits "
+             "besides loopback; MLflow then asks for the generated login")] = None,
 ) -> None:
     """Start PostgreSQL and the MLflow server (created on first use) and print the two URLs."""
     from workbench.services import stack as services
 
     try:
-        stack = services.up(dir, host, pg_port, mlflow_port)
+        stack = services.up(dir, host, pg_port, mlflow_port, allow_subnet=allow_subnet)
     except UserError as e:
         fail(str(e))
     _print_urls(stack)

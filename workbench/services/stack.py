@@ -3,13 +3,29 @@
 `up(folder)` makes, under `folder` (default `.services/` in the project):
 - `pg/`: a PostgreSQL cluster from Debian's `postgresql` package (`initdb`, `pg_ctl`), listening on
   127.0.0.1 only (unless `host` says otherwise), scram-sha-256 passwords, two databases
-  (`optuna`, `mlflow`) owned by the role `dispo`;
+  (`optuna`, `mlflow`) owned by the role `dispo`; pg_hba.conf admits loopback and, on another
+  interface, only the clients' subnet named by `allow_subnet`;
 - `pgpass`: the generated password in libpq's pgpass format, mode 0600. The URLs printed carry
   no password: libpq reads it from the file named by `PGPASSFILE`, so neither the URLs, the
   process list, MLflow tags nor logs ever hold it;
 - `mlflow server` on 127.0.0.1 with the `mlflow` database as backend store and `artifacts/` as
   the artifact root it serves (clients upload through the server, nothing else is shared);
-- `services.env`: the three lines to `source` (PGPASSFILE, DISPO_STORAGE, MLFLOW_TRACKING_URI).
+- `services.env`: the lines to `source` (PGPASSFILE, DISPO_STORAGE, MLFLOW_TRACKING_URI, and
+  DISPO_MLFLOW_AUTH for a stack beyond loopback).
+
+Beyond loopback (`host` not 127.0.0.1 / localhost / ::1) the MLflow server is MLflow's basic-auth
+app (`--app-name basic-auth`): `mlflow-auth.ini` (mode 0600) is its config, with a generated
+admin password and its user database `auth.db` in the stack folder; clients read the login from
+that file (workbench.services.credentials.login_from_file) or from MLFLOW_TRACKING_USERNAME /
+MLFLOW_TRACKING_PASSWORD. The server answers only requests whose Host header is the address
+given (`--allowed-hosts`), and browsers only from its own origin (`--cors-allowed-origins`).
+On loopback nothing changes: no login, as before.
+
+Connections are sized for `WORKER_PROCESSES` sweep processes at once (coordinators and their
+worker processes, on all hosts together: e.g. 16 hosts running `sweep --workers 3`): each holds at
+most `OPTUNA_POOL` + `OPTUNA_OVERFLOW` pooled connections plus one for the study lock, the MLflow
+server's workers hold `MLFLOW_POOL` + `MLFLOW_OVERFLOW` each, and `max_connections` covers the
+sum with room for psql and status commands. More processes than that: raise WORKER_PROCESSES.
 
 PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` system user
 the Debian package creates, and its commands run as that user.
@@ -18,6 +34,8 @@ the Debian package creates, and its commands run as that user.
 from __future__ import annotations
 
 import glob
+import importlib.util
+import ipaddress
 import os
 import pwd
 import secrets
@@ -32,10 +50,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.services import credentials
 
 DEFAULT_DIR = Path(".services")
 PG_PORT, MLFLOW_PORT = 5433, 5005
 ROLE, DATABASES = "dispo", ("optuna", "mlflow")
+MLFLOW_ADMIN = "dispo"  # the basic-auth app's admin login beyond loopback
+WORKER_PROCESSES = 64
+OPTUNA_POOL, OPTUNA_OVERFLOW = 2, 2  # a worker uses one connection at a time, its heartbeat thread another
+MLFLOW_WORKERS, MLFLOW_POOL, MLFLOW_OVERFLOW = 2, 5, 10
+HEALTHCHECK_S = 300
+MAX_CONNECTIONS = WORKER_PROCESSES * (OPTUNA_POOL + OPTUNA_OVERFLOW + 1) + MLFLOW_WORKERS * (
+    MLFLOW_POOL + MLFLOW_OVERFLOW) + 20
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -53,6 +79,15 @@ class Stack:
         return self.folder / "pgpass"
 
     @property
+    def auth(self) -> bool:
+        """Whether the MLflow server asks for a login: yes on any address but loopback."""
+        return self.host not in _LOOPBACK
+
+    @property
+    def auth_file(self) -> Path:
+        return self.folder / "mlflow-auth.ini"
+
+    @property
     def storage_url(self) -> str:
         return f"postgresql://{ROLE}@{self.host}:{self.pg_port}/optuna"
 
@@ -65,8 +100,11 @@ class Stack:
         return f"http://{self.host}:{self.mlflow_port}"
 
     def env(self) -> dict[str, str]:
-        return {"PGPASSFILE": str(self.pgpass.resolve()), "DISPO_STORAGE": self.storage_url,
-                "MLFLOW_TRACKING_URI": self.tracking_uri}
+        env = {"PGPASSFILE": str(self.pgpass.resolve()), "DISPO_STORAGE": self.storage_url,
+               "MLFLOW_TRACKING_URI": self.tracking_uri}
+        if self.auth:
+            env[credentials.AUTH_FILE_ENV] = str(self.auth_file.resolve())
+        return env
 
     @classmethod
     def load(cls, folder: Path) -> "Stack":
@@ -127,7 +165,16 @@ def _pg_dir(stack: Stack) -> Path:
     return stack.folder / "pg"
 
 
-def _init_cluster(stack: Stack, password: str, user: str | None) -> None:
+def subnet(text: str) -> str:
+    """`text` as a network in CIDR form (`10.77.0.0/24`), or a UserError saying what is allowed."""
+    try:
+        return str(ipaddress.ip_network(text, strict=True))
+    except ValueError as e:
+        raise UserError(f"--allow-subnet {text!r} is not a network ({e}); give one in CIDR form, "
+                        "e.g. 10.77.0.0/24") from None
+
+
+def _init_cluster(stack: Stack, password: str, user: str | None, allow_subnet: str | None) -> None:
     data = _pg_dir(stack)
     data.mkdir(parents=True, mode=0o700)
     pwfile = stack.folder / ".initdb-pw"
@@ -142,14 +189,14 @@ def _init_cluster(stack: Stack, password: str, user: str | None) -> None:
               f"--pwfile={pwfile.resolve()}", "-E", "UTF8", "--no-locale"], user=user)
     finally:
         pwfile.unlink()
-    if stack.host not in _LOOPBACK:  # initdb allows loopback only; a chosen interface gets password logins
+    if allow_subnet:  # initdb admits loopback only; the clients' subnet gets password logins, nobody else
         with open(data / "pg_hba.conf", "a") as f:
-            f.write("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+            f.write(f"host all all {allow_subnet} scram-sha-256\n")
 
 
 def pg_start(stack: Stack) -> None:
     data, user = _pg_dir(stack).resolve(), _owner()
-    opts = f"-c listen_addresses={stack.host} -p {stack.pg_port} -k {data}"
+    opts = f"-c listen_addresses={stack.host} -p {stack.pg_port} -k {data} -c max_connections={MAX_CONNECTIONS}"
     _run([pg_bin("pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-o", opts, "-w", "-t", "60", "start"],
          user=user)
 
@@ -181,16 +228,31 @@ def _mlflow_pidfile(stack: Stack) -> Path:
     return stack.folder / "mlflow.pid"
 
 
-def mlflow_start(stack: Stack, timeout_s: float = 180) -> None:
+def mlflow_start(stack: Stack, timeout_s: float = 600) -> None:
+    # Each uvicorn worker imports MLflow (and the auth app) on its own: minutes on a loaded machine.
     artifacts = (stack.folder / "artifacts").resolve()
     artifacts.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.backend_url,
             "--artifacts-destination", str(artifacts), "--host", stack.host, "--port", str(stack.mlflow_port),
-            "--workers", "2"]
+            "--workers", str(MLFLOW_WORKERS),
+            # uvicorn's supervisor kills a worker that misses its 5 s health ping; a worker still
+            # importing MLflow on a loaded machine misses it, and they died and restarted endlessly.
+            "--uvicorn-opts", f"--timeout-worker-healthcheck {HEALTHCHECK_S}"]
+    env = {**{k: v for k, v in os.environ.items() if k not in _LOGIN_ENV},
+           "PGPASSFILE": str(stack.pgpass.resolve()), "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(MLFLOW_POOL),
+           "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(MLFLOW_OVERFLOW)}
+    if stack.auth:
+        if importlib.util.find_spec("flask_wtf") is None:
+            raise UserError("MLflow's login (basic-auth app), needed beyond loopback, requires Flask-WTF; "
+                            "install the services extra: pip install -e '.[services]'")
+        where = f"[{stack.host}]" if ":" in stack.host else stack.host
+        argv += ["--app-name", "basic-auth", "--allowed-hosts", f"{where}:{stack.mlflow_port},{where}",
+                 "--cors-allowed-origins", stack.tracking_uri]
+        # The password stays in the 0600 config file; the CSRF key goes by environment (never argv).
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(stack.auth_file.resolve())
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = credentials.read_mlflow_auth(stack.auth_file)["secret_key"]
     log = open(stack.folder / "mlflow.log", "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**{k: v for k, v in os.environ.items() if k != "PGPASSWORD"},
-                                 "PGPASSFILE": str(stack.pgpass.resolve())})
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     _mlflow_pidfile(stack).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -203,9 +265,14 @@ def mlflow_start(stack: Stack, timeout_s: float = 180) -> None:
                     f"see {stack.folder / 'mlflow.log'}")
 
 
+# Inherited logins (another server's) must not reach the server: its admin comes from the config file.
+_LOGIN_ENV = ("PGPASSWORD", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_USERNAME",
+              "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH")
+
+
 def mlflow_running(stack: Stack) -> bool:
     try:
-        with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=2) as r:
+        with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=10) as r:  # seconds under load
             return r.status == 200
     except OSError:
         return False
@@ -247,12 +314,19 @@ def _alive(pid: int) -> bool:
 
 
 def up(folder: Path = DEFAULT_DIR, host: str = "127.0.0.1", pg_port: int = PG_PORT,
-       mlflow_port: int = MLFLOW_PORT, with_mlflow: bool = True) -> Stack:
+       mlflow_port: int = MLFLOW_PORT, with_mlflow: bool = True, allow_subnet: str | None = None) -> Stack:
     """Start (creating on first use) the stack in `folder`; returns it. Idempotent.
 
-    `with_mlflow=False` starts PostgreSQL alone (tests of the Optuna side).
+    `with_mlflow=False` starts PostgreSQL alone (tests of the Optuna side). A `host` beyond
+    loopback needs `allow_subnet`, the clients' network (CIDR), the only one PostgreSQL admits
+    besides loopback; it is read when the stack is created.
     """
     stack = Stack(folder, host, pg_port, mlflow_port)
+    if allow_subnet is not None:
+        allow_subnet = subnet(allow_subnet)
+    if stack.auth and allow_subnet is None and not (folder / "services.env").is_file():
+        raise UserError(f"--host {host} is not loopback: name the workers' subnet with --allow-subnet "
+                        "(CIDR, e.g. 10.77.0.0/24); PostgreSQL admits that subnet and loopback only")
     if (folder / "services.env").is_file():
         stack = Stack.load(folder)  # a made stack keeps its ports and interface
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,10 +341,14 @@ def up(folder: Path = DEFAULT_DIR, host: str = "127.0.0.1", pg_port: int = PG_PO
             if not port_free(stack.host, port):
                 raise UserError(f"port {port} on {stack.host} is in use; pick free ones with --pg-port / --mlflow-port")
         password = secrets.token_urlsafe(24)
-        stack.pgpass.touch(mode=0o600)
-        os.chmod(stack.pgpass, 0o600)
-        stack.pgpass.write_text(f"{stack.host}:{stack.pg_port}:*:{ROLE}:{password}\n")
-        _init_cluster(stack, password, user)
+        if stack.pgpass.exists():  # left by a creation that failed half-way
+            stack.pgpass.unlink()
+        credentials.private_file(stack.pgpass, f"{stack.host}:{stack.pg_port}:*:{ROLE}:{password}\n")
+        if stack.auth:
+            if stack.auth_file.exists():
+                stack.auth_file.unlink()
+            credentials.write_mlflow_auth(stack.auth_file, f"sqlite:///{(folder / 'auth.db').resolve()}", MLFLOW_ADMIN)
+        _init_cluster(stack, password, user, allow_subnet)
         (folder / "services.env").write_text("".join(f"export {k}={v}\n" for k, v in stack.env().items()))
     if not pg_running(stack):
         pg_start(stack)

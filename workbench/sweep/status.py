@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import TrialState
 
-from workbench.sweep.storage import load_study, redact
+from workbench.services.credentials import redact
+from workbench.sweep.storage import load_study
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # the trial states that count towards n_trials
 

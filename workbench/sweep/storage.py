@@ -49,12 +49,22 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; they are what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             rdb = shared_storage.open_rdb(lambda: optuna.storages.RDBStorage(
-                url, heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=_requeue_stale), url)
+                url, heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=_requeue_stale,
+                engine_kwargs=_pool(url)), url)
         return shared_storage.resilient(rdb, url) if shared_storage.is_shared(url) else rdb
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
+
+
+def _pool(url: str) -> dict[str, int]:
+    """A small pool on a shared server: what `services up` sizes max_connections for (services.stack)."""
+    if not url.startswith(("postgresql", "postgres", "mysql")):
+        return {}
+    from workbench.services.stack import OPTUNA_OVERFLOW, OPTUNA_POOL
+
+    return {"pool_size": OPTUNA_POOL, "max_overflow": OPTUNA_OVERFLOW}
 
 
 @contextmanager
@@ -175,9 +185,40 @@ def fail_stale_trials(ostudy: optuna.Study, tracking_uri: str | None) -> None:
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(ostudy)  # `_requeue_stale` queues them again
+    for trial_id in _never_beaten(ostudy):
+        try:
+            ostudy._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another host got there first
+            continue
+        _requeue_stale(ostudy, ostudy._storage.get_trial(trial_id))
     if _STALE_RUNS:
         tracking.kill_runs(_STALE_RUNS, "worker lost (no heartbeat); trial queued again", tracking_uri)
         _STALE_RUNS.clear()
+
+
+def _never_beaten(ostudy: optuna.Study) -> list[int]:
+    """RUNNING trials with no heartbeat at all, started longer than the grace period ago.
+
+    Optuna's stale check passes over a trial that never sent a heartbeat, so a worker killed
+    between `ask` and its heartbeat thread's first beat would hold its trial RUNNING forever.
+    """
+    import datetime
+
+    import sqlalchemy as sa
+
+    rdb = ostudy._storage
+    for wrapper in ("_backend", "_inner", "_backend"):  # Optuna's cache, our outage retry, a cache beneath it
+        rdb = getattr(rdb, wrapper, rdb)
+    if not isinstance(rdb, optuna.storages.RDBStorage) or rdb.get_heartbeat_interval() is None:
+        return []
+    grace = rdb.grace_period or 2 * rdb.get_heartbeat_interval()
+    # Optuna writes datetime_start from the asking host's local clock, naive: compare on this host's.
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    query = sa.text("select t.trial_id from trials t left join trial_heartbeats h on h.trial_id = t.trial_id "
+                    "where t.study_id = :study and t.state = 'RUNNING' and h.trial_id is null "
+                    "and t.datetime_start < :cutoff")
+    with rdb.engine.connect() as conn:
+        return [row[0] for row in conn.execute(query, {"study": ostudy._study_id, "cutoff": cutoff})]
 
 
 def recover(study: optuna.Study, all_running_stale: bool, parent_run_id: str | None = None,

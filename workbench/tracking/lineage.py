@@ -3,6 +3,10 @@
 Used by the sweep. The trainer's seed runs nest under the trial runs (`RunTracker` with
 `parent_run_id`); when a sweep dies, `kill_running_trials` and `kill_runs` end what it left
 RUNNING as KILLED with a reason.
+
+Study and trial runs carry the writer tags of the process that opened them (pid, host, process
+start), like training runs: when a coordinator or worker is SIGKILLed and no sweep comes back
+to recover, `dispo-wb runs clean` (workbench.tracking.stale) tells they are orphans and ends them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 from workbench.names import (FAILED, FINISHED, KILLED, KIND_STUDY, KIND_TRIAL, RUNNING, TAG_FAILURE, TAG_KIND,
                              TAG_OPTUNA_STORAGE, TAG_PARENT, TAG_STATE, TAG_STUDY, TAG_TRIAL)
+from workbench.tracking.liveness import writer_tags
 from workbench.tracking.store import MAX_PARAM_LEN, experiment_id, open_client, tag_run
 
 _TRIAL_STATUS = {"COMPLETE": FINISHED, "PRUNED": FINISHED, "FAIL": FAILED}  # Optuna state -> run status
@@ -31,7 +36,7 @@ def open_study_run(*, study_name: str, experiment: str, tags: dict[str, str], te
     found = [r for r in client.search_runs([exp_id], f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`{TAG_KIND}` = '{KIND_STUDY}'",
                                            order_by=["attributes.start_time ASC"])
              if r.data.tags.get(TAG_OPTUNA_STORAGE) == tags.get(TAG_OPTUNA_STORAGE)]
-    all_tags = {**tags, TAG_KIND: KIND_STUDY, TAG_STUDY: study_name}
+    all_tags = {**tags, **writer_tags(), TAG_KIND: KIND_STUDY, TAG_STUDY: study_name}
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status=RUNNING)
@@ -64,7 +69,7 @@ def open_trial_run(*, parent_run_id: str, study_name: str, trial_number: int, pa
 
     client = open_client(tracking_uri)
     parent = client.get_run(parent_run_id)
-    all_tags = {**(tags or {}), TAG_PARENT: parent_run_id, TAG_KIND: KIND_TRIAL,
+    all_tags = {**(tags or {}), **writer_tags(), TAG_PARENT: parent_run_id, TAG_KIND: KIND_TRIAL,
                 TAG_STUDY: study_name, TAG_TRIAL: str(trial_number), TAG_STATE: "RUNNING"}  # Optuna's state
     run = client.create_run(parent.info.experiment_id, run_name=f"{study_name}-t{trial_number:04d}", tags=all_tags)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()],

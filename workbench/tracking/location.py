@@ -23,11 +23,15 @@ _SQLITE = "sqlite:///"
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """Explicit URI, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory.
 
-    A password in the URI moves into MLflow's environment variables (workbench.services.credentials).
+    A password in the URI moves into MLflow's environment variables (workbench.services.credentials);
+    for a server, a stack's login file (DISPO_MLFLOW_AUTH) fills them when they are unset.
     """
-    from workbench.services.credentials import take_password
+    from workbench.services.credentials import login_from_file, take_password
 
-    return take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    resolved = take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    if resolved.startswith(("http://", "https://")):
+        login_from_file()
+    return resolved
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -37,15 +41,46 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(_SQLITE):].split("?", 1)[0])
 
 
+PROBE_S = 5.0  # how long a tracking server may take to answer /health before it counts as unreachable
+
+
+def probe_server(uri: str, flag: str = "--tracking-uri") -> None:
+    """A UserError within seconds when no MLflow server answers at `uri` (http/https; others: no-op).
+
+    MLflow's own client retries an unreachable server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    backoff) before it says so; one GET of the server's unauthenticated /health answers at once.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from workbench.services.credentials import redact
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_S):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code < 500:  # it answered: a server is there (a proxy may guard /health)
+            return
+        why = f"HTTP {e.code}"
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        why = getattr(reason, "strerror", None) or str(reason) or type(e).__name__
+    raise UserError(f"{flag}: no MLflow server answers at {redact(uri)} ({why}); start it "
+                    "(dispo-wb services up) or give the right address")
+
+
 def check_writable_store(uri: str | None, flag: str = "--tracking-uri") -> str:
     """The resolved URI, or a UserError naming what is wrong; checked before a run is opened.
 
     A SQLite store must be a writable file, or one that can be created in an existing, writable
-    folder (MLflow creates the file, not its folder). Other stores are left to MLflow.
+    folder (MLflow creates the file, not its folder). A server must answer (`probe_server`).
     """
     resolved = resolve_tracking_uri(uri)
     path = sqlite_path(resolved)
     if path is None:
+        probe_server(resolved, flag)
         return resolved
     if path.exists():
         if not path.is_file():
@@ -74,10 +109,15 @@ def first_use_lock(uri: str) -> Iterator[None]:
 
     Held for the store's opening only: MLflow's schema check and migrations run then. Other
     stores (servers, file stores) need none: a no-op. A folder that does not exist yet gets
-    no lock either; opening the store then fails with MLflow's own message.
+    no lock either; opening the store then fails with MLflow's own message. Nor does a store
+    that exists without a lock file: whoever creates a store here makes the lock file first, so
+    none is being created, and only reading it (a refused --resume) must leave no file behind.
     """
     path = sqlite_path(uri)
     if path is None or not path.parent.is_dir() or path.name == ":memory:":
+        yield
+        return
+    if path.exists() and not Path(f"{path}.lock").exists():
         yield
         return
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)

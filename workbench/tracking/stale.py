@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from workbench.tracking.store import open_client, search_runs, tag_run
 from workbench.tracking.liveness import writer_gone
-from workbench.names import KILLED, RUNNING, TAG_FAILURE, TAG_HOST, TAG_PID
+from workbench.names import KILLED, KIND_TRIAL, RUNNING, TAG_FAILURE, TAG_HOST, TAG_KIND, TAG_PID, TAG_STATE
 
 
 class StaleRun(NamedTuple):
@@ -23,9 +23,10 @@ class StaleRun(NamedTuple):
 
 
 def mark_killed(run_id: str, reason: str, tracking_uri: str | None = None) -> None:
-    """End a RUNNING run KILLED, its reason in the `failure_reason` tag."""
+    """End a RUNNING run KILLED, its reason in the `failure_reason` tag (a trial run's state: FAIL)."""
     client = open_client(tracking_uri)
-    tag_run(client, run_id, {TAG_FAILURE: reason[:5000]})
+    kind = client.get_run(run_id).data.tags.get(TAG_KIND)
+    tag_run(client, run_id, {TAG_FAILURE: reason[:5000], **({TAG_STATE: "FAIL"} if kind == KIND_TRIAL else {})})
     client.set_terminated(run_id, status=KILLED)
 
 
@@ -44,7 +45,7 @@ def find_running(tracking_uri: str | None = None) -> list[StaleRun]:
         if reason is not None:
             note = ""
         elif TAG_PID not in tags:
-            note = "no writer recorded (a sweep's study or trial run, or another tool's run)"
+            note = "no writer recorded (another tool's run, or a sweep's from before writers were tagged)"
         elif tags.get(TAG_HOST) and tags[TAG_HOST] != _hostname():
             note = f"written on host {tags[TAG_HOST]}"
         else:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.names import TAG_EXPERIMENT_KIND
-from workbench.tracking.location import first_use_lock, resolve_tracking_uri
+from workbench.tracking.location import first_use_lock, probe_server, resolve_tracking_uri
 
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 MAX_PARAM_LEN = 6000
@@ -34,6 +34,8 @@ def open_client(uri: str | None):
     resolved = resolve_tracking_uri(uri)
     if resolved in _OPENED:
         return MlflowClient(tracking_uri=resolved)
+    # A server that does not answer is one line now, not MLflow's minutes of retries.
+    probe_server(resolved)
     # The first use of a store in this process opens it, and a new SQLite store gets its schema
     # then: under a file lock, so that runs started at once cannot race MLflow's migrations.
     with first_use_lock(resolved):
@@ -49,10 +51,12 @@ def connect(uri: str | None = None) -> None:
 
 
 def require_store(uri: str | None) -> str:
-    """The resolved tracking URI of an existing store: a mistyped path must not create an empty SQLite store."""
+    """The resolved tracking URI of an existing store: a mistyped path must not create an empty SQLite store,
+    and a server that does not answer is a UserError within seconds."""
     from workbench.errors import UserError
 
     uri = resolve_tracking_uri(uri)
+    probe_server(uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.exists():
@@ -82,6 +86,13 @@ def tag_run(client, run_id: str, tags: dict[str, Any]) -> None:
     from mlflow.entities import RunTag
 
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+def drop_tag(run_id: str, key: str, tracking_uri: str | None = None) -> None:
+    """Delete a run's tag `key` when it has one (a resumed run's reason for its earlier end)."""
+    client = open_client(tracking_uri)
+    if key in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, key)
 
 
 def search_runs(client, filter_string: str, experiment_ids: list[str] | None = None) -> list:

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 from workbench.config import ConfigError, ModelConfig, RunConfig, TaskConfig, build_run_config, read_yaml
 from workbench.errors import UserError
-from workbench.names import FINISHED, RUNNING, TAG_PID, TAG_RECIPE, TAG_RECIPE_DIFF
+from workbench.names import FINISHED, RUNNING, TAG_FAILURE, TAG_PID, TAG_RECIPE, TAG_RECIPE_DIFF
 from workbench.params import is_micro
 
 
@@ -67,8 +67,14 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
     """The config a run was started with (its `config.yaml` artifact), optionally with more steps."""
     from workbench import tracking
 
+    try:  # a refusal writes nothing: a mistyped store path must not become a new, empty store
+        tracking.require_store(tracking_uri)
+    except UserError as e:
+        raise UserError(f"--resume: {e}") from None
     try:
         info = tracking.run_info(run_id, tracking_uri)
+    except UserError:
+        raise
     except Exception as e:  # MLflow raises its own exception types for unknown ids
         raise UserError(f"--resume: no run {run_id!r} in {tracking.resolve_tracking_uri(tracking_uri)} ({type(e).__name__})") from None
     if info["status"] == FINISHED:
@@ -86,13 +92,32 @@ def resume_config(run_id: str, tracking_uri: str | None, overrides: dict[str, An
         mark_killed(run_id, f"found RUNNING but {gone}; resumed with dispo-wb train --resume", tracking_uri)
     from workbench.train.checkpoint import checkpoint_path
 
+    import os
+
     import yaml
 
-    data = yaml.safe_load(tracking.download_text(run_id, "config.yaml", tracking_uri))
+    # One small file: MLflow's download bar would be the only output of `train --resume -q`.
+    previous = os.environ.get(_ARTIFACT_BAR)
+    os.environ[_ARTIFACT_BAR] = "false"
+    try:
+        data = yaml.safe_load(tracking.download_text(run_id, "config.yaml", tracking_uri))
+    finally:
+        if previous is None:
+            os.environ.pop(_ARTIFACT_BAR)
+        else:
+            os.environ[_ARTIFACT_BAR] = previous
     # An engine run resumes from its engine's own checkpoints, which its launcher looks for.
     if data.get("engine", "local") == "local" and not checkpoint_path(run_id).exists():
         raise UserError(f"--resume: run {run_id} has no checkpoint at {checkpoint_path(run_id)}")
-    return build_run_config(data, {k: v for k, v in overrides.items() if v is not None})
+    cfg = build_run_config(data, {k: v for k, v in overrides.items() if v is not None})
+    # The run goes on: the reason it ended before no longer describes it (a new end sets its own).
+    from workbench.tracking.store import drop_tag
+
+    drop_tag(run_id, TAG_FAILURE, tracking_uri)
+    return cfg
+
+
+_ARTIFACT_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class CheckpointSource(NamedTuple):
