@@ -22,7 +22,8 @@ LEAVES: dict[str, set[str]] = {
     "names": set(),
     "errors": set(),
     "params": {"names", "errors"},
-    "config": {"names", "errors", "params"},
+    "recipes": set(),  # a paper's whole method, as data (torch-free; config fills a run from it)
+    "config": {"names", "errors", "params", "recipes"},
 }
 LEAF = set(LEAVES)
 

@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 
 from workbench.cli.app import app
 from workbench.config import ConfigError, build_run_config
-from workbench.core.recipes import PARTS, RECIPES, get_recipe
+from workbench.recipes import PARTS, RECIPES, get_recipe
 from workbench.names import TAG_RECIPE, TAG_RECIPE_DIFF
 from workbench.params import objective_names
 from workbench.train.launch import recipe_note, recipe_tags
 
 runner = CliRunner()
 
-# What each paper states (see workbench/core/recipes.py): advantage, aggregation, bounds, dynamic sampling, overlong.
+# What each paper states (see workbench/recipes.py): advantage, aggregation, bounds, dynamic sampling, overlong.
 PAPERS = {
     "grpo": ("grpo", "seq_mean_token_mean", {"eps_low": 0.2, "eps_high": 0.2}, False, False, "2402.03300"),
     "dr_grpo": ("dr_grpo", "seq_mean_token_sum_norm", {"eps_low": 0.2, "eps_high": 0.2}, False, False, "2503.20783"),

@@ -206,7 +206,7 @@ class RunConfig(Strict):
     @classmethod
     def _apply_recipe(cls, data: Any) -> Any:
         # Fields given in the file or flags win over the recipe's; `recipe_differences` names them.
-        from workbench.core.recipes import RECIPES, apply_recipe
+        from workbench.recipes import RECIPES, apply_recipe
 
         if isinstance(data, dict) and isinstance(data.get("recipe"), str) and data["recipe"] in RECIPES:
             return apply_recipe(data, RECIPES[data["recipe"]])
@@ -215,7 +215,7 @@ class RunConfig(Strict):
     @field_validator("recipe")
     @classmethod
     def _known_recipe(cls, v: str | None) -> str | None:
-        from workbench.core.recipes import get_recipe
+        from workbench.recipes import get_recipe
 
         if v is not None:
             get_recipe(v)
@@ -232,7 +232,7 @@ class RunConfig(Strict):
         return self
 
     def recipe_parts(self) -> dict[str, Any]:
-        """The run's resolved recipe parts as dotted fields (`workbench.core.recipes.PARTS` and the bounds)."""
+        """The run's resolved recipe parts as dotted fields (`workbench.recipes.PARTS` and the bounds)."""
         import dataclasses
 
         agg = self.objective.aggregation or declared.objective_params(self.objective.name).aggregation
@@ -248,7 +248,7 @@ class RunConfig(Strict):
 
         Without a named recipe the bounds are left out: they are the objective's own parameters,
         which a run sets on purpose (a clip-grid trial is not a departure from its paper)."""
-        from workbench.core.recipes import RECIPES, differences
+        from workbench.recipes import RECIPES, differences
 
         name = self.recipe or (self.objective.name if self.objective.name in RECIPES else None)
         if name is None:

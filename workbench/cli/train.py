@@ -21,7 +21,7 @@ def objectives() -> None:
     from rich.table import Table
 
     from workbench.core.objectives import render_objectives_table
-    from workbench.core.recipes import describe_recipes
+    from workbench.recipes import describe_recipes
 
     console = Console()
     console.print(render_objectives_table())

@@ -82,7 +82,7 @@ def plot_mechanism(runs_or_info: Sequence[RunRecord] | MechanismInfo) -> go.Figu
                 fig.add_trace(go.Scatter(x=r.steps, y=y, mode="lines", name=f"{g} {part}", legendgroup=f"{g} {part}",
                                          showlegend=i == 1, line=dict(color=COLORS[g], dash=dash)), row=i, col=1)
         fig.add_hline(y=0, line=dict(color="#999999", width=1), row=i, col=1)
-        fig.add_trace(go.Scatter(x=r.steps, y=r.entropy, mode="lines", name="entropy/mean", legendgroup="entropy",
+        fig.add_trace(go.Scatter(x=r.steps, y=r.entropy, mode="lines", name=ENTROPY_MEAN, legendgroup="entropy",
                                  showlegend=i == 1, line=dict(color=COLORS[ENTROPY_MEAN])), row=i, col=2)
         fig.update_yaxes(title_text="push (> 0: entropy up)", row=i, col=1)
         fig.update_yaxes(title_text="nats", row=i, col=2)

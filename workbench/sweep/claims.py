@@ -93,8 +93,8 @@ class ClaimSpec(BaseModel):
     @field_validator("measure")
     @classmethod
     def _known_measure(cls, v: str) -> str:
-        if measure_family(v) is None:
-            raise ValueError(f"unknown measure {v!r}; allowed: {', '.join(MEASURES)}")
+        if measure_family(v) is None or (v.startswith("entropy_push:") and v.partition(":")[2] not in REGIMES):
+            raise ValueError(f"unknown measure {v!r}; allowed: {', '.join(MEASURES)} (<regime>: {', '.join(REGIMES)})")
         return v
 
     @field_validator("arms")

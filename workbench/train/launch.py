@@ -46,7 +46,7 @@ def run_config_from_cli(path: Path | None, flags: dict[str, Any], settings: dict
 
 def recipe_note(cfg: RunConfig) -> str | None:
     """One line when the run does not follow the whole recipe it is measured against; None when it does."""
-    from workbench.core.recipes import get_recipe
+    from workbench.recipes import get_recipe
 
     name, diff = cfg.recipe_differences()
     if not diff:
