@@ -15,7 +15,7 @@ import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from workbench.cli.report import register
+from workbench.cli.app import app as dispo_wb
 from workbench.tracking.experiments import RUNS_ROUTE, runs_table_url
 
 
@@ -41,8 +41,7 @@ def test_ui_prints_each_experiment_runs_table(store, monkeypatch):
     uri, ids = store
     served = []
     monkeypatch.setattr("workbench.report.page.serve_ui", lambda **kw: served.append(kw))
-    app = typer.Typer()
-    register(app)
+    app = dispo_wb
     port = _free_port()
     out = CliRunner().invoke(app, ["ui", "--tracking-uri", uri, "--port", str(port)])
     assert out.exit_code == 0, out.output
@@ -56,8 +55,7 @@ def test_ui_prints_each_experiment_runs_table(store, monkeypatch):
 def test_ui_refuses_a_busy_port_in_one_line_before_printing(store, monkeypatch):
     uri, _ = store
     monkeypatch.setattr("workbench.report.page.serve_ui", lambda **kw: pytest.fail("must not start"))
-    app = typer.Typer()
-    register(app)
+    app = dispo_wb
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
