@@ -48,7 +48,7 @@ def test_pruned_trials_count_at_their_last_value_and_change_the_ranking():
     assert all(0.05 <= r.value <= 0.07 for r in rows if r.pruned)
     complete_only = clip_space.fanova_importances([r for r in rows if not r.pruned])
     assert complete_only["eps_neg_up"] > 0.9  # without the collapsed points eps_neg_down looks irrelevant
-    info = clip_space._get_importance_info(study, resamples=12)
+    info = clip_space.importance_info(study, resamples=12)
     assert info.n_trials == 16 and info.n_pruned == 4 and info.n_left_out == 1 and info.reason is None
     assert info.importances["eps_neg_down"] > 0.5 > info.importances["eps_neg_up"]
     assert sum(info.importances.values()) == pytest.approx(1.0)
@@ -60,7 +60,7 @@ def test_pruned_trials_count_at_their_last_value_and_change_the_ranking():
     assert 0 <= lo <= hi <= 1 and hi - lo > 0.2 and lo > info.intervals["eps_neg_up"][0]
     assert info.first_share["eps_neg_down"] >= 0.7
     assert sum(info.first_share.values()) == pytest.approx(1.0)
-    fig = clip_space._build_importance(info)
+    fig = clip_space.plot_importance(info)
     assert [t.name for t in fig.data] == [info.target, "collapsed (0/1)"]
     assert "4 of them pruned" in fig.layout.title.text and "1 pruned before reporting left out" in fig.layout.title.text
 
