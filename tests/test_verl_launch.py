@@ -212,8 +212,11 @@ FAKE_VERL_ROLLOUTS = textwrap.dedent('''
             metrics = {"response_length/mean": 12.0, "actor/entropy": 1.0, "critic/score/mean": 0.5,
                        "actor/wb/tokens": 20.0, "actor/wb/nonzero_tokens": 20.0, "actor/wb/ratio_sum": 20.0, "actor/wb/abs_dev_sum": 1.0}
             for regime in ("pos_up", "pos_down", "neg_up", "neg_down"):
-                metrics |= {f"actor/wb/{regime}/tokens": 5.0, f"actor/wb/{regime}/clipped": 1.0, f"actor/wb/{regime}/weight_sum": 5.0,
-                            f"actor/wb/{regime}/moved_sum": 0.5, f"actor/wb/{regime}/ratio_sum": 5.0}
+                metrics |= {f"actor/wb/{regime}/kept/tokens": 4.0, f"actor/wb/{regime}/clipped/tokens": 1.0,
+                            f"actor/wb/{regime}/kept/clipped": 0.0, f"actor/wb/{regime}/clipped/clipped": 1.0,
+                            f"actor/wb/{regime}/kept/weight_sum": 4.0, f"actor/wb/{regime}/clipped/weight_sum": 1.0,
+                            f"actor/wb/{regime}/kept/moved_sum": 0.0, f"actor/wb/{regime}/clipped/moved_sum": 0.5,
+                            f"actor/wb/{regime}/kept/ratio_sum": 4.0, f"actor/wb/{regime}/clipped/ratio_sum": 1.0}
             mlflow.log_metrics(metrics, step=step)
 ''')
 
