@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from tests.test_claims_rule import old_bootstrap_rule  # the replaced rule lives only in its test
 from workbench.sweep import sequential as sq
 
 # measure kind -> (binary, margin, sampler of paired differences (rng, S, N, effect, spread) -> (S, N));
@@ -53,26 +54,6 @@ def chain(effects: tuple[float, float], looks: list[int], studies: int, seed: in
     shared = rng.normal(0, 2.0, (studies, n))
     a, b, c = (shared + m + rng.normal(0, 1 / np.sqrt(2), (studies, n)) for m in (effects[0] + effects[1], effects[1], 0))
     return sq.decide_claim([a - b, b - c], looks, False, 0.25, +1.0)
-
-
-def old_bootstrap_rule(diffs: np.ndarray, seed: int = 0, resamples: int = 9999) -> np.ndarray:
-    """The replaced rule on `(S, 5)` differences: verdict codes from a 95% percentile bootstrap of the mean.
-
-    One set of resample counts serves every study (each study's bootstrap is still a bootstrap); a
-    constant sample gives [c, c] as the old code did.
-    """
-    rng = np.random.default_rng(seed)
-    s, n = diffs.shape
-    counts = rng.multinomial(n, np.full(n, 1 / n), resamples).T / n  # (n, B)
-    out = np.zeros(s, dtype=np.int8)
-    for i in range(0, s, 500):
-        x = diffs[i:i + 500]
-        low, high = np.percentile(x @ counts, [2.5, 97.5], axis=1)
-        const = np.ptp(x, axis=1) == 0
-        low, high = np.where(const, x[:, 0], low), np.where(const, x[:, 0], high)
-        out[i:i + 500][low > 0] = sq.REPRODUCED
-        out[i:i + 500][high < 0] = sq.REFUTED
-    return out
 
 
 def shares(verdict: np.ndarray) -> np.ndarray:

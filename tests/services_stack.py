@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 from workbench.services import stack as services
 from workbench.errors import UserError
 
@@ -102,3 +104,13 @@ def grep_tree(folder: Path, needle: str) -> list[Path]:
 def storage_with_password(stack: services.Stack) -> str:
     """The Optuna URL with the password written into it (what a careless user might pass)."""
     return f"postgresql://{services.ROLE}:{password(stack)}@{stack.host}:{stack.pg_port}/optuna"
+
+
+def write_study(folder: Path, name: str, space: dict, sleep: float = 0.3, steps: int = 4) -> Path:
+    """A study of the fake trainer (tests/fake_trainer.py) sleeping `sleep` s a step."""
+    data = {"name": name, "base": {"experiment": f"exp-{name}", "steps": steps, "model": {"name": "micro-0.5m"},
+                                   "eval": {"every": 2}, "run_name": f"fake:sleep={sleep}"},
+            "space": space, "sampler": "grid", "pruner": "none", "workers": 1}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from tests import services_stack as ss
@@ -226,15 +225,6 @@ def test_beyond_loopback_mlflow_asks_for_the_generated_login_and_postgres_admits
     assert login["password"] not in (stack.folder / "mlflow.log").read_text(errors="replace")
 
 
-def _write_study(folder: Path, name: str, space: dict, sleep: float, steps: int = 4) -> Path:
-    data = {"name": name, "base": {"experiment": f"exp-{name}", "steps": steps, "model": {"name": "micro-0.5m"},
-                                   "eval": {"every": 2}, "run_name": f"fake:sleep={sleep}"},
-            "space": space, "sampler": "grid", "pruner": "none", "workers": 1}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def _trials(stack, name: str) -> list[optuna.trial.FrozenTrial]:
     os.environ["PGPASSFILE"] = str(stack.pgpass.resolve())
     try:
@@ -260,7 +250,7 @@ def test_two_workers_in_their_own_namespaces_sweep_over_the_wire_and_a_sigkilled
     login = credentials.read_mlflow_auth(stack.auth_file)
     secrets_ = {"postgres": ss.password(stack), "mlflow": login["password"]}
     name = f"lan-{uuid.uuid4().hex[:8]}"
-    study = _write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2], "eps_pos_up": [0.2, 1.0]}, sleep=1.0)
+    study = ss.write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2], "eps_pos_up": [0.2, 1.0]}, sleep=1.0)
     # Host 0 reads both secrets from the stack's 0600 files; host 1 gets them in its environment.
     envs = [{"PGPASSFILE": str(stack.pgpass.resolve()), credentials.AUTH_FILE_ENV: str(stack.auth_file.resolve())},
             {"PGPASSWORD": secrets_["postgres"], "MLFLOW_TRACKING_USERNAME": login["username"],

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -59,15 +58,6 @@ def observer(url: str) -> optuna.storages.RDBStorage:
     return _OBSERVERS[url]
 
 
-def write_study(folder: Path, name: str, space: dict, sleep: float = 0.3, steps: int = 4) -> Path:
-    data = {"name": name, "base": {"experiment": f"exp-{name}", "steps": steps, "model": {"name": "micro-0.5m"},
-                                   "eval": {"every": 2}, "run_name": f"fake:sleep={sleep}"},
-            "space": space, "sampler": "grid", "pruner": "none", "workers": 1}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def start_worker(folder: Path, study: Path, storage: str, tracking_uri: str, **env: str) -> subprocess.Popen:
     """One 'host': its own working folder (SFT cache, logs), nothing shared but the two URLs."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,7 +93,7 @@ def test_three_hosts_share_only_the_urls_and_a_sigkilled_worker_is_retried_witho
     """Bar of issue 12 at test size: 3 workers, 6 trials, one SIGKILL mid-trial, password in the URL."""
     space = {"eps_neg_up": [0.1, 0.2, 0.4], "eps_pos_up": [0.2, 1.0]}
     name = f"hosts-{uuid.uuid4().hex[:8]}"  # a CI stack outlives a test run: fresh names
-    study = write_study(tmp_path, name, space, sleep=0.4)
+    study = ss.write_study(tmp_path, name, space, sleep=0.4)
     url, secret = ss.storage_with_password(stack), ss.password(stack)
     workers = [start_worker(tmp_path / f"host{i}", study, url, stack.tracking_uri) for i in range(3)]
     deadline = time.monotonic() + 300  # process start-up takes a minute on a busy machine
@@ -162,7 +152,7 @@ def _study_exists(stack, name: str) -> bool:
 
 
 def test_a_wrong_password_in_the_url_is_one_line_without_the_password(stack, tmp_path):
-    study = write_study(tmp_path, f"badpw-{uuid.uuid4().hex[:8]}", {"eps_neg_up": [0.1]})
+    study = ss.write_study(tmp_path, f"badpw-{uuid.uuid4().hex[:8]}", {"eps_neg_up": [0.1]})
     bad = f"postgresql://{services.ROLE}:Wr0ngSecret42@{stack.host}:{stack.pg_port}/optuna"
     out = subprocess.run([*FAKE_CLI, "sweep", str(study), "--storage", bad, "--tracking-uri", stack.tracking_uri],
                          cwd=tmp_path, capture_output=True, text=True, env=ss.worker_env(),
