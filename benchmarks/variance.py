@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from workbench import tracking  # noqa: E402
 from workbench.names import FINISHED, TAG_ARM  # noqa: E402
-from workbench.report.claims import run_measure  # noqa: E402
+from workbench.sweep.measures import run_measure  # noqa: E402
 from workbench.report.runs import accuracy_key, curve, final_value, start_value  # noqa: E402
 
 

@@ -212,11 +212,11 @@ def test_claims_study_file_parses_with_five_claims_over_its_arms(path):
                                             "dispo_beats_cispo_beats_dapo"]
     arms = set(study.space["arm"].arms)
     assert all(set(c.arms) <= arms for c in study.claims)
-    assert study.seeds == list(range(10)) and study.looks == [5, 10]
+    assert study.seeds == list(range(20)) and study.looks == [5, 10, 20] and study.n_trials == 8 * 3
     assert [c.equivalence_margin for c in study.claims] == [0.02, 0.02, 0.3, 0.3, 0.02]
     assert not study.prunes_on_collapse and study.pruner.name == "none"
     tag = wc.claims_tag(study.claims, study.looks)
-    assert wc.declared_claims(tag) == study.claims and wc.declared_looks(tag) == [5, 10]
+    assert wc.declared_claims(tag) == study.claims and wc.declared_looks(tag) == [5, 10, 20]
     # a parent run written before looks existed: the tag is the bare list of claims
     old = {"dispo.claims": json.dumps([c.model_dump(exclude={"margin"}) for c in study.claims])}
     assert [c.id for c in wc.declared_claims(old)] == [c.id for c in study.claims] and wc.declared_looks(old) is None
@@ -374,3 +374,79 @@ def test_report_prints_a_claim_without_paired_seeds_as_na(tmp_path, monkeypatch)
     assert ("claim rep: undecided, undecided so far (tight > base on collapse:length: undecided, effect +0.200 "
             "[-0.300, +0.600], 3/10 seeds agree, margin 0.3; detectable at 80% power 0.45 at 10 seeds, 0.3 at 10)"
             ) in out.output
+
+
+# ---- a sequential sweep: look by look, decided arms stop getting seeds ----
+
+def sequential_study(tmp_path, run_name=None):
+    base = {"experiment": "seq-test", "steps": 2, "model": {"name": "micro-0.5m"}, "eval": {"every": 1}}
+    if run_name:
+        base["run_name"] = run_name
+    data = {"name": "seq_claims", "base": base,
+            "space": {"arm": {"base": {}, "loose": {"objective.params.eps_pos_up": ".inf"},
+                              "tight": {"objective.params.eps_neg_up": 0.01}}},
+            "sampler": "grid", "pruner": "none", "seeds": {"looks": [2, 4, 7]}, "workers": 1,
+            "directions": ["maximize eval/micro/accuracy", "minimize collapse"],
+            # the fake trainer: loose's accuracy is lower at every seed (decided at look 1); tight
+            # collapses at every seed and base never, which the exact sign test at alpha 0.05/3
+            # decides only at 7 pairs (p = 2 * 0.5^7 = 0.016)
+            "claims": [{"id": "acc", "text": "loose is better", "measure": "final_accuracy",
+                        "arms": ["loose", "base"], "expect": "higher"},
+                       {"id": "rep", "text": "tight collapses", "measure": "collapse:repetition",
+                        "arms": ["tight", "base"], "expect": "higher"}]}
+    path = tmp_path / "seq_claims.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_study_file(path)
+
+
+def test_a_sequential_sweep_gives_later_looks_only_to_arms_of_undecided_claims(tmp_path):
+    from tests import fake_trainer
+    from workbench import sweep, tracking
+    from workbench.sweep.storage import load_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = sequential_study(tmp_path)
+    assert study.n_trials == 9  # at most one trial per arm and look
+    lines: list[str] = []
+    result = sweep.run_study(study, tracking_uri=uri, train_fn=fake_trainer.train, echo=lines.append)
+    assert result.complete
+    assert any(line.startswith("look 1 of 3 (2 paired seeds): seeds 0..1 for base, loose, tight") for line in lines)
+    assert any(line.startswith("look 2 of 3 (4 paired seeds): seeds 2..3 for base, tight") for line in lines), lines
+    assert any(line.startswith("look 3 of 3 (7 paired seeds): seeds 4..6 for base, tight") for line in lines), lines
+
+    target = tracking.resolve_target("seq_claims", uri)
+    seeds_run: dict[str, list[int]] = {}
+    for r in target.runs:
+        seeds_run.setdefault(r.tags[TAG_ARM], []).append(int(r.tags[TAG_SEED]))
+    assert {a: sorted(s) for a, s in seeds_run.items()} == {"base": list(range(7)), "tight": list(range(7)),
+                                                           "loose": [0, 1]}
+    ostudy, _ = load_study(study.path)
+    assert sorted((t.params["arm"], t.user_attrs["look"]) for t in ostudy.trials) == [
+        ("base", 0), ("base", 1), ("base", 2), ("loose", 0), ("tight", 0), ("tight", 1), ("tight", 2)]
+
+    tracking.load_histories(target.runs, uri)
+    from mlflow import MlflowClient
+
+    info = rc.study_claims_info(target.runs, MlflowClient(uri).get_run(target.anchor_run_id).data.tags)
+    acc, rep = info.results
+    assert (acc.verdict, acc.look, acc.links[0].n) == ("refuted", 1, 2)
+    assert (rep.verdict, rep.look, rep.links[0].n) == ("reproduced", 3, 7)
+
+    # run again: nothing left to do, nothing run twice
+    again = sweep.run_study(study, tracking_uri=uri, train_fn=fake_trainer.train, echo=lines.append)
+    assert again.complete and len(load_study(study.path)[0].trials) == 7
+
+
+def test_a_failed_trial_of_a_look_is_run_again_once(tmp_path):
+    from tests import fake_trainer
+    from workbench import sweep
+    from workbench.sweep.storage import load_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = sequential_study(tmp_path, run_name=f"fake:crash_once={tmp_path / 'crashed'}")
+    result = sweep.run_study(study, tracking_uri=uri, train_fn=fake_trainer.train, echo=lambda s: None)
+    assert result.complete
+    trials = load_study(study.path)[0].trials
+    assert [t.state.name for t in trials].count("FAIL") == 1
+    (retry,) = [t for t in trials if "retry_of" in t.user_attrs]
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["look"] == 0

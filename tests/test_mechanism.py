@@ -107,7 +107,7 @@ def push_run(pushes: list[float]):
 def test_entropy_push_measure_is_the_mean_over_steps_of_the_regime_push():
     import math
 
-    from workbench.report.claims import run_measure
+    from workbench.sweep.measures import run_measure
     from workbench.sweep.claims import ClaimSpec
 
     run = push_run([0.2, float("nan"), -0.1, 0.5])  # a step without regime tokens is left out

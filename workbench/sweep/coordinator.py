@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import optuna
+from optuna.trial import TrialState
 
 from workbench import tracking
+from workbench.sweep import looks
 from workbench.sweep import shared_db as shared_storage
 from workbench.sweep.claims import claims_tag
 from workbench.config import dump_yaml
@@ -25,7 +27,8 @@ from workbench.train.results import TrainFn
 from workbench.sweep.study_file import Study
 from workbench.sweep.status import DONE, counts as state_counts
 from workbench.services.credentials import redact
-from workbench.sweep.storage import exclusive, open_study, recover, storage_url
+from workbench.sweep.storage import (HEARTBEAT_S, exclusive, fail_running, fail_stale_trials, open_study, recover,
+                                    requeue, storage_url)
 from workbench.sweep.workers import WorkerSpec, run_workers
 from workbench.sweep.trial import train_locally
 
@@ -71,19 +74,23 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
         ostudy.set_user_attr("n_trials", study.n_trials)
         lock.release()
         remaining = study.n_trials - len(ostudy.get_trials(deepcopy=False, states=DONE))
-        echo(f"study {study.name}: {remaining} of {study.n_trials} trials to run, {n_workers} worker(s), "
-             f"storage {redact(url)}, MLflow run {parent}")
+        what = (f"looks of {', '.join(map(str, study.looks))} paired seeds, at most {study.n_trials} trials"
+                if looks.is_sequential(study) else f"{remaining} of {study.n_trials} trials to run")
+        echo(f"study {study.name}: {what}, {n_workers} worker(s), storage {redact(url)}, MLflow run {parent}")
         spec = WorkerSpec(study=study, storage=url, tracking_uri=tracking_uri, parent_run_id=parent,
                           train_fn=train_fn, threads=max(1, (os.cpu_count() or 1) // n_workers))
-        status, problems = KILLED, []
+        status, problems, complete = KILLED, [], False
         try:
-            if remaining > 0:
+            if looks.is_sequential(study):
+                problems, complete = run_looks(ostudy, study, spec, n_workers, local, lock, echo)
+            elif remaining > 0:
                 problems = run_workers(spec, min(n_workers, remaining), remaining)
             status = FINISHED
         finally:
             lost = isinstance(sys.exc_info()[1], shared_storage.StorageUnavailable)  # do not wait a second time
             counts = {} if lost else state_counts(ostudy)
-            complete = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) >= study.n_trials
+            if not looks.is_sequential(study):
+                complete = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) >= study.n_trials
             if status == FINISHED and (problems or not complete):
                 status = FAILED
             best_metrics, best_tags = best_of(ostudy, study)
@@ -93,6 +100,51 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
     for p in problems:
         echo(p)
     return SweepResult(study.name, redact(url), parent, counts, recovered, time.perf_counter() - t0, complete)
+
+
+def run_looks(ostudy: optuna.Study, study: Study, spec: WorkerSpec, n_workers: int, local: bool,
+              lock: shared_storage.StudyLock, echo: Callable[[str], None]) -> tuple[list[str], bool]:
+    """Run a sequential claims study look by look (`workbench.sweep.looks`); (problems, complete).
+
+    Each look's trials are queued under the study lock (hosts sharing the storage queue each
+    (arm, look) once), run by this host's workers and, on a shared database, by any other
+    host's; the next look starts when every trial of this one has ended. A failed trial is
+    queued again up to `looks.RETRIES` times; after that the study stops, not complete.
+    """
+    problems: list[str] = []
+    poll_s = min(5.0, float(os.environ.get("DISPO_HEARTBEAT_S", HEARTBEAT_S)))
+    for k, n in enumerate(study.looks):
+        with lock:
+            needed = looks.needed_arms(ostudy, study, k, spec.tracking_uri, echo)
+            if not needed:
+                echo(f"look {k + 1} of {len(study.looks)} not needed: every claim is decided")
+                return problems, True
+            looks.enqueue_look(ostudy, study, k, needed)
+        seeds = looks.look_seeds(study, k)
+        echo(f"look {k + 1} of {len(study.looks)} ({n} paired seeds): seeds {seeds[0]}..{seeds[-1]} for "
+             f"{', '.join(needed)}")
+        while True:
+            state = looks.look_state(ostudy, k)
+            if all(a in state.done for a in needed):
+                break
+            if state.waiting:
+                problems += run_workers(spec, min(n_workers, state.waiting), state.waiting)
+            elif state.running and not local:  # another host's workers hold them, or a dead one's until
+                time.sleep(poll_s)               # its heartbeat fails them and they are queued again
+                fail_stale_trials(ostudy, spec.tracking_uri)
+            else:  # this host's workers have ended: what is still RUNNING was a dead worker's
+                fail_running(ostudy)
+                given_up = [a for a, f in looks.look_state(ostudy, k).failed.items() if f > looks.RETRIES]
+                if given_up:
+                    echo(f"look {k + 1}: the trials of {', '.join(given_up)} failed {looks.RETRIES + 1} times; "
+                         f"the study stops here (re-run the sweep to try again)")
+                    return problems, False
+                with lock:
+                    retried = {t.user_attrs.get("retry_of") for t in ostudy.get_trials(deepcopy=False)}
+                    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+                        if t.user_attrs.get(looks.LOOK) == k and t.number not in retried:
+                            requeue(ostudy, t)
+    return problems, True
 
 
 def space_params(study: Study) -> dict[str, str]:

@@ -24,6 +24,7 @@ from workbench.names import (EVAL_PREFIX, FAILED, KILLED, TAG_ARM, TAG_COLLAPSE,
                              TAG_PRUNE_REASON, TAG_RETRY_OF, TAG_RETRY_OF_RUN, TAG_SEED, TAG_STUDY, TAG_TRIAL)
 from workbench.params import ENGINES
 from workbench.train.results import RunResult, TrainFn
+from workbench.sweep.looks import trial_seeds
 from workbench.sweep.study_file import ARM, Direction
 from workbench.sweep.trial import TrialCrashed, run_training
 
@@ -89,7 +90,7 @@ class TrialObjective:
         trial.set_user_attr("worker", self.worker)
         run_id = tracking.open_trial_run(parent_run_id=self.spec.parent_run_id, study_name=self.study.name,
                                          trial_number=trial.number, tracking_uri=self.spec.tracking_uri,
-                                         params={**params, "seeds": ",".join(map(str, self.study.seeds))},
+                                         params={**params, "seeds": ",".join(map(str, trial_seeds(self.study, trial)))},
                                          tags={TAG_OPTUNA_SAMPLER: self.study.sampler, **_retry_tags(trial)})
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
@@ -113,7 +114,7 @@ class TrialObjective:
     def _train_seeds(self, trial: Trial, overrides: dict[str, Any], run_id: str) -> list[float]:
         per_seed: dict[str, dict[str, Any]] = {}
         results: list[RunResult] = []
-        for i, seed in enumerate(self.study.seeds):
+        for i, seed in enumerate(trial_seeds(self.study, trial)):
             # Seed runs are named after their trial (a base `run_name` wins: it is the user's, or a test's knobs).
             named = {} if self.study.base.run_name else {"run_name": f"{self.study.name}-t{trial.number:04d}-s{seed}"}
             config = self.study.run_config({**overrides, **named}, seed, self.spec.threads)

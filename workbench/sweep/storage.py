@@ -167,7 +167,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     system_attrs = {k: v for k, v in trial.system_attrs.items() if k in ("grid_id", "search_space")}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, system_attrs={**system_attrs, "fixed_params": dict(trial.params)},
-        user_attrs={"retry_of": trial.number}))
+        user_attrs={"retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k == "look"}}))
 
 
 _STALE_RUNS: list[str] = []  # MLflow runs of trials the heartbeat failed in this process, to be marked KILLED
@@ -221,6 +221,15 @@ def _never_beaten(ostudy: optuna.Study) -> list[int]:
         return [row[0] for row in conn.execute(query, {"study": ostudy._study_id, "cutoff": cutoff})]
 
 
+def fail_running(study: optuna.Study) -> None:
+    """Every RUNNING trial FAILs: called only where no worker of the study can be alive."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        try:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
 def recover(study: optuna.Study, all_running_stale: bool, parent_run_id: str | None = None,
             tracking_uri: str | None = None) -> list[int]:
     """Fail trials a dead sweep left RUNNING, then queue every failed trial not yet retried.
@@ -232,11 +241,7 @@ def recover(study: optuna.Study, all_running_stale: bool, parent_run_id: str | N
     if all_running_stale and parent_run_id:
         tracking.kill_running_trials(parent_run_id, reason, tracking_uri)
     if all_running_stale:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            try:
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
+        fail_running(study)
     else:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -12,7 +12,9 @@ A study file is YAML with these keys (all but `base` and `space` optional):
     n_trials: 16                    # grid: default and maximum is the grid size
     directions: [maximize eval/micro/accuracy, minimize collapse]
     seeds: [0, 1, 2]                # every trial trains once per seed; its value is the mean
-    seeds: {looks: [5, 10, 20]}     # or seeds 0..19 in looks: a claims study judges after 5, 10, 20
+    seeds: {looks: [5, 10, 20]}     # or seeds 0..19 in looks: a claims study judges after 5, 10, 20,
+                                    # runs look by look and gives later seeds only to the arms of
+                                    # claims still undecided (workbench.sweep.looks)
     pruner: median                  # none | median | percentile | hyperband (single objective only)
     workers: 2
     storage: null                   # default: <study file>.journal next to the file
@@ -221,6 +223,8 @@ def parse_study(data: dict[str, Any], path: Path) -> Study:
     if errors:
         raise ConfigError(errors)
     assert base is not None and n_trials is not None
+    if looks and model.claims and arm_dim is not None and arm_dim.choices:
+        n_trials = len(arm_dim.choices) * len(looks)  # sequential: at most one trial per arm and look
     return Study(name=name, path=path, base=base, base_data=model.base, space=space,
                  sampler=model.sampler, sampler_seed=model.sampler_seed, n_trials=n_trials, directions=directions,
                  seeds=seeds, pruner=pruner, workers=model.workers, storage=model.storage, raw=data,

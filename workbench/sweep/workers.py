@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from workbench.sweep import shared_db as shared_storage
 from workbench.train.results import TrainFn
 from workbench.sweep.study_file import Study
+from workbench.sweep.looks import is_sequential
 from workbench.sweep.objective import TrialObjective
 from workbench.sweep.status import DONE
 from workbench.sweep.storage import HEARTBEAT_S, fail_stale_trials, make_sampler, open_study
@@ -90,7 +91,7 @@ def _worker_loop(spec: WorkerSpec, index: int, tokens) -> None:
     if shared_storage.is_shared(spec.storage):
         _shared_worker_loop(spec, ostudy, objective, tokens)
         return
-    while _take(tokens) and len(ostudy.get_trials(deepcopy=False, states=DONE)) < spec.study.n_trials:
+    while _take(tokens) and _claim(ostudy, spec, stale=False) == "run":
         ostudy.optimize(objective, n_trials=1, catch=(TrialCrashed,), callbacks=[_print_trial],
                         gc_after_trial=False)
 
@@ -127,10 +128,17 @@ def _shared_worker_loop(spec: WorkerSpec, ostudy: optuna.Study, objective: Trial
         lock.release()
 
 
-def _claim(ostudy: optuna.Study, spec: WorkerSpec) -> str:
-    """'run' (a trial is waiting or a slot is free), 'wait' (running trials hold every slot) or 'done'."""
-    fail_stale_trials(ostudy, spec.tracking_uri)
+def _claim(ostudy: optuna.Study, spec: WorkerSpec, stale: bool = True) -> str:
+    """'run' (a trial is waiting or a slot is free), 'wait' (running trials hold every slot) or 'done'.
+
+    A sequential claims study runs only the trials its coordinator queued for the current look
+    (`workbench.sweep.looks`): with none waiting, this worker is done.
+    """
+    if stale:
+        fail_stale_trials(ostudy, spec.tracking_uri)
     states = [t.state for t in ostudy.get_trials(deepcopy=False)]
+    if is_sequential(spec.study):
+        return "run" if TrialState.WAITING in states else "done"
     done, running = sum(s in DONE for s in states), states.count(TrialState.RUNNING)
     if done >= spec.study.n_trials:
         return "done"

@@ -20,7 +20,8 @@ from workbench.tracking.histories import load_histories
 from workbench.tracking.lineage import (close_study_run, close_trial_run, kill_running_trials, kill_runs,
                                         open_study_run, open_trial_run)
 from workbench.tracking.queries import (MetricSeries, RunRecord, TargetRuns, download_text, latest_study_storage,
-                                        metric_histories, metric_keys, resolve_run, resolve_target, run_info, run_tags)
+                                        metric_histories, metric_keys, resolve_run, resolve_target, run_info, run_tags,
+                                        runs_by_id)
 from workbench.tracking.runs import NullTracker, RunTracker, git_commit, log_report, log_run_metrics, set_run_tags
 from workbench.tracking.store import (EXPERIMENT_KIND, connect, experiment_id, require_store, run_url,
                                       ui_command)
@@ -31,5 +32,5 @@ __all__ = [
     "RunTracker", "NullTracker", "git_commit", "log_run_metrics", "set_run_tags", "log_report",
     "open_study_run", "close_study_run", "open_trial_run", "close_trial_run", "kill_runs", "kill_running_trials",
     "MetricSeries", "RunRecord", "TargetRuns", "resolve_target", "resolve_run", "run_tags", "run_info",
-    "metric_histories", "metric_keys", "download_text", "latest_study_storage", "load_histories",
+    "metric_histories", "metric_keys", "runs_by_id", "download_text", "latest_study_storage", "load_histories",
 ]

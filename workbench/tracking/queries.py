@@ -72,6 +72,16 @@ def run_record(run) -> RunRecord:
                      metric_keys=tuple(sorted(run.data.metrics)))
 
 
+def runs_by_id(run_ids: list[str], tracking_uri: str | None = None) -> list[RunRecord]:
+    """These runs with their full metric series, in the order given (a sweep judging its own trials' runs)."""
+    from workbench.tracking.histories import load_histories
+
+    client = reading_client(tracking_uri)
+    runs = [run_record(client.get_run(i)) for i in run_ids]
+    load_histories(runs, tracking_uri)
+    return runs
+
+
 def run_info(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Status, tags and params of a run, as plain dicts (used to resume a run)."""
     run = open_client(tracking_uri).get_run(run_id)
