@@ -2,6 +2,7 @@
 
     python benchmarks/entropy_push.py                    # micro-0.5m, 2 seeds x 12 steps, ~2 min on an idle 2-core machine
     python benchmarks/entropy_push.py --seeds 0 1 2 --steps 24 --objective grpo --lr 1e-4
+    python benchmarks/entropy_push.py --study claims_onpolicy --tracking-uri sqlite:///mlflow.db  # stored runs
 
 Steps whose batch has no regime tokens (every group's rewards equal: push undefined) are
 left out of n.
@@ -15,6 +16,10 @@ under the policy step t's updates left). Printed: the share of steps where the s
 and the base rate (share of the more common sign of the measured change), which a constant
 guess would reach; agreement is informative only above it. Entropy/mean of one step is an
 average over 16 fresh samples, so small changes are noisy. Load average printed.
+
+`--study` reads the same two series off every stored run of a study instead (e.g. a claims
+study: warm-started runs, 16 updates per rollout batch) and prints, per arm and over all runs,
+the agreement, its base rate and the Spearman correlation between P_t and H_{t+1} - H_t.
 """
 
 from __future__ import annotations
@@ -47,25 +52,67 @@ def run(seed: int, steps: int, objective: str, lr: float, root: str) -> tuple[li
     result = train(cfg, tracking_uri=uri, progress=False, checkpoint_root=f"{root}/ck{seed}")
     keys = [regime_key(g, ENTROPY_PUSH) for g in REGIMES] + [ENTROPY_MEAN]
     hist = tracking.metric_histories(result.run_id, keys, tracking_uri=uri)
-    by_step = {k: dict(v) for k, v in hist.items()}
-    steps_seen = sorted(by_step[ENTROPY_MEAN])
-    push = [sum(v for g in REGIMES if not math.isnan(v := by_step[regime_key(g, ENTROPY_PUSH)].get(s, math.nan)))
+    return series({k: dict(v) for k, v in hist.items()})
+
+
+def series(by_step: dict[str, dict[int, float]]) -> tuple[list[float], list[float]]:
+    """(summed push, entropy) per step from a run's {key: {step: value}}."""
+    steps_seen = sorted(by_step.get(ENTROPY_MEAN, {}))
+    push = [sum(v for g in REGIMES
+                if not math.isnan(v := by_step.get(regime_key(g, ENTROPY_PUSH), {}).get(s, math.nan)))
             for s in steps_seen]
     return push, [by_step[ENTROPY_MEAN][s] for s in steps_seen]
 
 
+def pairs_of(push: list[float], ent: list[float]) -> list[tuple[float, float]]:
+    return [(p, h1 - h0) for p, h0, h1 in zip(push, ent, ent[1:]) if p != 0 and h1 != h0]
+
+
+def summary(pairs: list[tuple[float, float]]) -> str:
+    from scipy import stats
+
+    n = len(pairs)
+    if n < 3:
+        return f"n={n}"
+    agree = sum((p > 0) == (d > 0) for p, d in pairs) / n
+    ups = sum(d > 0 for _, d in pairs)
+    rho, pval = stats.spearmanr([p for p, _ in pairs], [d for _, d in pairs])
+    return (f"sign agreement {agree:.2f} (n={n}), base rate {max(ups, n - ups) / n:.2f}, "
+            f"Spearman {rho:+.2f} (p={pval:.2g})")
+
+
+def from_study(study: str, uri: str) -> None:
+    from workbench.names import TAG_ARM
+
+    target = tracking.resolve_target(study, uri)
+    tracking.load_histories(target.runs, uri)
+    by_arm: dict[str, list[tuple[float, float]]] = {}
+    for r in target.runs:
+        hist = {k: dict(zip(m.steps.tolist(), m.values.tolist())) for k, m in r.metrics.items()}
+        by_arm.setdefault(r.tags.get(TAG_ARM, r.name), []).extend(pairs_of(*series(hist)))
+    for arm, pairs in by_arm.items():
+        print(f"{arm}: {summary(pairs)}")
+    print(f"all {len(target.runs)} runs of {study}: {summary([p for ps in by_arm.values() for p in ps])}; "
+          f"load {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", help="read the runs of this stored study instead of training")
+    ap.add_argument("--tracking-uri", help="where --study is stored")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--objective", default="dispo")
     ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args()
+    if args.study:
+        from_study(args.study, args.tracking_uri)
+        return
     agree = n = ups = 0
     with tempfile.TemporaryDirectory() as root:
         for seed in args.seeds:
             push, ent = run(seed, args.steps, args.objective, args.lr, root)
-            pairs = [(p, h1 - h0) for p, h0, h1 in zip(push, ent, ent[1:]) if p != 0 and h1 != h0]
+            pairs = pairs_of(push, ent)
             a = sum((p > 0) == (d > 0) for p, d in pairs)
             u = sum(d > 0 for _, d in pairs)
             print(f"seed {seed}: agree {a}/{len(pairs)}  entropy up {u}/{len(pairs)}  "

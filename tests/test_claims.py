@@ -432,6 +432,11 @@ def test_a_sequential_sweep_gives_later_looks_only_to_arms_of_undecided_claims(t
     assert (acc.verdict, acc.look, acc.links[0].n) == ("refuted", 1, 2)
     assert (rep.verdict, rep.look, rep.links[0].n) == ("reproduced", 3, 7)
 
+    from workbench.sweep.status import study_status
+
+    notes = sorted(r.note for r in study_status(study.path).rows)
+    assert notes == ["look 1"] * 3 + ["look 2"] * 2 + ["look 3"] * 2
+
     # run again: nothing left to do, nothing run twice
     again = sweep.run_study(study, tracking_uri=uri, train_fn=fake_trainer.train, echo=lines.append)
     assert again.complete and len(load_study(study.path)[0].trials) == 7

@@ -146,6 +146,36 @@ def test_three_hosts_share_only_the_urls_and_a_sigkilled_worker_is_retried_witho
     assert secret not in (stack.folder / "mlflow.log").read_text(errors="replace")
 
 
+def test_a_host_that_stops_early_leaves_the_shared_study_run_to_the_last_host(stack, tmp_path):
+    """The study's MLflow run is not closed by a host that stops while another still runs a trial."""
+    name = f"last-{uuid.uuid4().hex[:8]}"
+    study = ss.write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2]}, sleep=1.0, steps=8)
+    hosts = [start_worker(tmp_path / f"host{i}", study, stack.storage_url, stack.tracking_uri,
+                          PGPASSWORD=ss.password(stack)) for i in range(2)]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # both hosts inside a trial
+        assert all(h.poll() is None for h in hosts), [(tmp_path / f"host{i}" / "err.log").read_text()[-500:]
+                                                      for i in range(2)]
+        running = [t for t in trials(stack, name) if t.state == TrialState.RUNNING] if _study_exists(stack, name) else []
+        if sum("mlflow_run_id" in t.user_attrs for t in running) == 2:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("two trials never ran at once")
+    hosts[0].send_signal(signal.SIGINT)  # Ctrl-C on host 0 while host 1 is mid-trial
+    hosts[0].wait(timeout=120)
+    client = MlflowClient(stack.tracking_uri)
+    exp = client.get_experiment_by_name(f"exp-{name}")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`dispo.kind` = 'study'")
+    out0 = (tmp_path / "host0" / "out.log").read_text()
+    assert hosts[1].poll() is None, "host 1 ended before the check: make its trials longer"
+    assert parent.info.status == "RUNNING", out0
+    assert "other hosts still run trials of" in out0
+    assert hosts[1].wait(timeout=300) == 0, (tmp_path / "host1" / "err.log").read_text()[-2000:]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["dispo.complete"] == "true"
+
+
 def _study_exists(stack, name: str) -> bool:
     os.environ["PGPASSFILE"] = str(stack.pgpass.resolve())
     return name in {s.study_name for s in optuna.get_all_study_summaries(observer(stack.storage_url))}

@@ -2,7 +2,8 @@
 
 The coordinator opens the storage, repairs what a killed sweep left behind (`recover`), opens
 the study's MLflow parent run, starts `workers` worker processes and, when they are done,
-closes the parent run with the trial counts and the best trial(s).
+closes the parent run with the trial counts and the best trial(s); on a database other hosts
+share, only when the study is complete or no other host still runs a trial (`others_running`).
 """
 
 from __future__ import annotations
@@ -93,13 +94,35 @@ def run_study(study: Study, *, workers: int | None = None, storage: str | None =
                 complete = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) >= study.n_trials
             if status == FINISHED and (problems or not complete):
                 status = FAILED
-            best_metrics, best_tags = best_of(ostudy, study)
-            tracking.close_study_run(parent, status=status, tracking_uri=tracking_uri,
-                                     metrics={**{f"trials/{k.lower()}": v for k, v in counts.items()}, **best_metrics},
-                                     tags={TAG_COMPLETE: str(complete).lower(), **best_tags})
+            if not complete and others_running(ostudy, local, lost, tracking_uri):
+                echo(f"other hosts still run trials of {study.name}: its MLflow run stays RUNNING, "
+                     f"and the last host to stop ends it")
+            else:
+                best_metrics, best_tags = best_of(ostudy, study)
+                tracking.close_study_run(parent, status=status, tracking_uri=tracking_uri,
+                                         metrics={**{f"trials/{k.lower()}": v for k, v in counts.items()},
+                                                  **best_metrics},
+                                         tags={TAG_COMPLETE: str(complete).lower(), **best_tags})
     for p in problems:
         echo(p)
     return SweepResult(study.name, redact(url), parent, counts, recovered, time.perf_counter() - t0, complete)
+
+
+def others_running(ostudy: optuna.Study, local: bool, lost: bool, tracking_uri: str | None) -> bool:
+    """Whether another host's workers still hold trials of the study (this host's have all ended).
+
+    The rule for the study's shared MLflow run: it ends FINISHED when the study is complete,
+    whichever host gets there; a host that stops before (Ctrl-C, a failure) ends it only when no
+    other host still runs a trial, else leaves it RUNNING for the last host to end. A dead
+    host's trials count until their heartbeat fails them.
+    """
+    if local or lost:
+        return False
+    try:
+        fail_stale_trials(ostudy, tracking_uri)
+        return bool(ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    except Exception:  # noqa: BLE001 - the storage went away while stopping: close the run as before
+        return False
 
 
 def run_looks(ostudy: optuna.Study, study: Study, spec: WorkerSpec, n_workers: int, local: bool,

@@ -43,6 +43,8 @@ def study_status(target: str | Path, storage: str | None = None) -> StudyStatus:
     for t in ostudy.get_trials(deepcopy=False):
         a = t.user_attrs
         note = (f"retry of {a['retry_of']}" if "retry_of" in a else "") or a.get("failure", "")
+        if "look" in a:  # a sequential claims study: the trial trains one look's seeds of its arm
+            note = "; ".join(x for x in (f"look {a['look'] + 1}", note) if x)
         rows.append(TrialRow(t.number, t.state.name, dict(t.params), list(t.values) if t.values else None,
                              collapsed_seeds(a), a.get("mlflow_run_id"),
                              t.duration.total_seconds() if t.duration else None, note))
