@@ -149,7 +149,9 @@ def test_three_hosts_share_only_the_urls_and_a_sigkilled_worker_is_retried_witho
 def test_a_host_that_stops_early_leaves_the_shared_study_run_to_the_last_host(stack, tmp_path):
     """The study's MLflow run is not closed by a host that stops while another still runs a trial."""
     name = f"last-{uuid.uuid4().hex[:8]}"
-    study = ss.write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2]}, sleep=1.0, steps=8)
+    # six ~11 s trials: host 0 is still inside one when host 1, started with it, is in its first
+    study = ss.write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2, 0.4], "eps_pos_up": [0.2, 1.0]}, sleep=1.0,
+                           steps=10)
     hosts = [start_worker(tmp_path / f"host{i}", study, stack.storage_url, stack.tracking_uri,
                           PGPASSWORD=ss.password(stack)) for i in range(2)]
     deadline = time.monotonic() + 300
