@@ -19,7 +19,8 @@ average over 16 fresh samples, so small changes are noisy. Load average printed.
 
 `--study` reads the same two series off every stored run of a study instead (e.g. a claims
 study: warm-started runs, 16 updates per rollout batch) and prints, per arm and over all runs,
-the agreement, its base rate and the Spearman correlation between P_t and H_{t+1} - H_t.
+the agreement, its base rate and the Spearman correlation between P_t and H_{t+1} - H_t, also
+with H_t partialled out (see `summary`).
 """
 
 from __future__ import annotations
@@ -64,21 +65,30 @@ def series(by_step: dict[str, dict[int, float]]) -> tuple[list[float], list[floa
     return push, [by_step[ENTROPY_MEAN][s] for s in steps_seen]
 
 
-def pairs_of(push: list[float], ent: list[float]) -> list[tuple[float, float]]:
-    return [(p, h1 - h0) for p, h0, h1 in zip(push, ent, ent[1:]) if p != 0 and h1 != h0]
+def pairs_of(push: list[float], ent: list[float]) -> list[tuple[float, float, float]]:
+    """(P_t, H_{t+1} - H_t, H_t) for the steps with a push and a change."""
+    return [(p, h1 - h0, h0) for p, h0, h1 in zip(push, ent, ent[1:]) if p != 0 and h1 != h0]
 
 
-def summary(pairs: list[tuple[float, float]]) -> str:
+def summary(pairs: list[tuple[float, float, float]]) -> str:
+    """Sign agreement, its base rate, the rank correlation of P_t with the change, and that correlation
+    with H_t partialled out: H_t is a noisy average, so the change regresses to the mean (it falls
+    where H_t was high) and any push that grows with H_t correlates negatively with the change."""
+    import numpy as np
     from scipy import stats
 
     n = len(pairs)
     if n < 3:
         return f"n={n}"
-    agree = sum((p > 0) == (d > 0) for p, d in pairs) / n
-    ups = sum(d > 0 for _, d in pairs)
-    rho, pval = stats.spearmanr([p for p, _ in pairs], [d for _, d in pairs])
+    p, d, h = (np.array(x) for x in zip(*pairs))
+    agree = float(((p > 0) == (d > 0)).mean())
+    ups = int((d > 0).sum())
+    rho, pval = stats.spearmanr(p, d)
+    rp, rd, rh = (stats.rankdata(x) for x in (p, d, h))
+    resid = [y - np.polyval(np.polyfit(rh, y, 1), rh) for y in (rp, rd)]
+    partial = float(np.corrcoef(*resid)[0, 1])
     return (f"sign agreement {agree:.2f} (n={n}), base rate {max(ups, n - ups) / n:.2f}, "
-            f"Spearman {rho:+.2f} (p={pval:.2g})")
+            f"Spearman {rho:+.2f} (p={pval:.2g}), given H_t {partial:+.2f}")
 
 
 def from_study(study: str, uri: str) -> None:
@@ -113,8 +123,8 @@ def main() -> None:
         for seed in args.seeds:
             push, ent = run(seed, args.steps, args.objective, args.lr, root)
             pairs = pairs_of(push, ent)
-            a = sum((p > 0) == (d > 0) for p, d in pairs)
-            u = sum(d > 0 for _, d in pairs)
+            a = sum((p > 0) == (d > 0) for p, d, _ in pairs)
+            u = sum(d > 0 for _, d, _ in pairs)
             print(f"seed {seed}: agree {a}/{len(pairs)}  entropy up {u}/{len(pairs)}  "
                   f"push mean {sum(push) / len(push):+.3e}  entropy {ent[0]:.4f} -> {ent[-1]:.4f}")
             agree, n, ups = agree + a, n + len(pairs), ups + u

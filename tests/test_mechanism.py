@@ -122,18 +122,34 @@ def test_entropy_push_measure_is_the_mean_over_steps_of_the_regime_push():
 # --- the report figure ---------------------------------------------------------------------------
 
 
-def mechanism_run(name: str, steps: int, with_push: bool = True):
+def mechanism_run(name: str, steps: int, with_push: bool = True, arm: str | None = None, scale: float = 1.0):
     import numpy as np
 
     from workbench.tracking import MetricSeries, RunRecord
 
     s = np.arange(1, steps + 1)
-    series = {"entropy/mean": MetricSeries(s, 2.0 - 0.1 * s, s * 1.0)}
+    series = {"entropy/mean": MetricSeries(s, scale * (2.0 - 0.1 * s), s * 1.0)}
     if with_push:
         for i, g in enumerate(REGIMES):
-            series[f"regime/{g}/entropy_push"] = MetricSeries(s, (i + 1) * 0.1 * np.ones(steps), s * 1.0)
+            series[f"regime/{g}/entropy_push"] = MetricSeries(s, scale * (i + 1) * 0.1 * np.ones(steps), s * 1.0)
             series[f"regime/{g}/entropy_push_clipped"] = MetricSeries(s[1:], 0.03 * np.ones(steps - 1), s[1:] * 1.0)
-    return RunRecord(name, name, "1", "FINISHED", 0, 1, {}, {}, tuple(series), series)
+    tags = {"dispo.arm": arm} if arm else {}
+    return RunRecord(name, name, "1", "FINISHED", 0, 1, {}, tags, tuple(series), series)
+
+
+def test_runs_of_an_arm_study_are_averaged_per_arm_over_their_seeds():
+    from workbench.report.mechanism import mechanism_info
+
+    runs = [mechanism_run("b0", 4, arm="base"), mechanism_run("l0", 4, arm="loose"),
+            mechanism_run("b1", 5, arm="base", scale=3.0)]  # seed 1 of base ran a step more
+    info = mechanism_info(runs)
+    assert [r.label for r in info.runs] == ["base (mean of 2 seeds)", "loose (mean of 1 seeds)"]
+    base = info.runs[0]
+    assert list(base.steps) == [1, 2, 3, 4, 5]
+    assert base.entropy[:4] == pytest.approx([2 * (2.0 - 0.1 * s) for s in range(1, 5)])  # mean of x1 and x3
+    assert base.entropy[4] == pytest.approx(3 * 1.5)  # step 5: only seed 1
+    pos_up = REGIMES.index("pos_up")
+    assert base.kept["pos_up"][1:4] == pytest.approx([2 * (pos_up + 1) * 0.1 - 0.03] * 3)
 
 
 def test_mechanism_info_splits_each_regime_push_into_kept_and_clipped():

@@ -2,13 +2,14 @@
 
 `mechanism_info(runs) -> MechanismInfo` reads each run's per-step pushes
 (`regime/<r>/entropy_push` and its clipped part `regime/<r>/entropy_push_clipped`; kept = the
-difference; definitions in workbench.core.regimes) and its `entropy/mean`; `plot_mechanism`
-draws one row per run: left the kept (solid) and clipped (dotted) push of each regime, right
+difference; definitions in workbench.core.regimes) and its `entropy/mean` (runs of an arm study:
+averaged per arm over seeds); `plot_mechanism` draws one row per run or arm: left the kept (solid) and clipped (dotted) push of each regime, right
 the entropy curve. Tests assert on the info, as Optuna's visualization tests do.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -16,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.names import ENTROPY_MEAN, ENTROPY_PUSH, ENTROPY_PUSH_CLIPPED, REGIMES, regime_key
+from workbench.names import ENTROPY_MEAN, ENTROPY_PUSH, ENTROPY_PUSH_CLIPPED, REGIMES, TAG_ARM, regime_key
 from workbench.report.curves import COLORS
 from workbench.report.runs import aligned, run_label, several_studies
 from workbench.tracking import RunRecord
@@ -38,13 +39,50 @@ class MechanismInfo(NamedTuple):
 
 
 def mechanism_info(runs: Sequence[RunRecord]) -> MechanismInfo:
-    """Per-run push series (kept and clipped per regime) and entropy, aligned on train steps."""
+    """Per-run push series (kept and clipped per regime) and entropy, aligned on train steps.
+
+    Runs of an arm study (every run tagged with its arm, e.g. a claims study) are averaged per
+    arm over their seeds, step by step, so each row compares one arm's mechanism with the others'.
+    """
+    info = _per_run(runs)
+    arms = [run.tags.get(TAG_ARM) for run in runs]
+    if info.runs and all(arms):
+        return MechanismInfo(_per_arm(info.runs, [a for run, a in zip(runs, arms) if _has_push(run)]), info.without)
+    return info
+
+
+def _has_push(run: RunRecord) -> bool:
+    return any(regime_key(g, s) in run.metrics for g in REGIMES for s in (ENTROPY_PUSH, ENTROPY_PUSH_CLIPPED))
+
+
+def _per_arm(found: Sequence[RunMechanism], arms: Sequence[str]) -> tuple[RunMechanism, ...]:
+    """One mean row per arm, in the order the arms first appear: each series averaged over seeds per step."""
+    out = []
+    for arm in dict.fromkeys(arms):
+        members = [r for r, a in zip(found, arms) if a == arm]
+        steps = np.array(sorted({int(s) for r in members for s in r.steps}))
+
+        def mean(get) -> np.ndarray:
+            grid = np.full((len(members), len(steps)), np.nan)
+            for i, r in enumerate(members):
+                grid[i, np.searchsorted(steps, r.steps)] = get(r)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a step no seed logged stays NaN
+                return np.nanmean(grid, axis=0)
+
+        out.append(RunMechanism(f"{arm} (mean of {len(members)} seeds)", steps, mean(lambda r: r.entropy),
+                                {g: mean(lambda r, g=g: r.kept[g]) for g in REGIMES},
+                                {g: mean(lambda r, g=g: r.clipped[g]) for g in REGIMES}))
+    return tuple(out)
+
+
+def _per_run(runs: Sequence[RunRecord]) -> MechanismInfo:
     with_study = several_studies(runs)
     found, without = [], []
     for run in runs:
         label = run_label(run, with_study)
         keys = [regime_key(g, s) for g in REGIMES for s in (ENTROPY_PUSH, ENTROPY_PUSH_CLIPPED)]
-        if not any(k in run.metrics for k in keys):
+        if not _has_push(run):
             without.append(label)
             continue
         steps, values = aligned(run, [ENTROPY_MEAN, *keys])
