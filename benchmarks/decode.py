@@ -2,17 +2,17 @@
 
     python benchmarks/decode.py                               # micro-3m, 16 prompts x 8, 32 new tokens, 3 pairs
     python benchmarks/decode.py --pairs 5 --threads 2 --model micro-15m
-    python benchmarks/decode.py --kinds after fast dynamic dynamic+fast --compact-at 0 0.25 0.5
+    python benchmarks/decode.py --kinds module step --compact-at 0 0.25 0.5   # one arm per kind and threshold
     python benchmarks/decode.py --profile                     # cProfile of the current loop, top functions
 
 Arms, each one rollout batch of 16 prompts x 8 samples with the trainer's sampling (temperature 1,
 full distribution, log-probs from the loop): "before", the loop as it was (`tests/decode_reference.py`:
 transformers' `DynamicCache` grown by concatenation, a finished row dropped from the batch and the
 cache at the step it ends), and one arm per kind and compaction threshold `KIND@AT` of the HF
-backend now: finished rows decoded as padding until the share AT of the batch has ended; kind
-"after": keys and values written in place into buffers allocated once (`FilledLayer`); "fast":
-that and the one-token steps through `Qwen2Step` instead of the module; "dynamic": the
-concatenated `DynamicCache`; "dynamic+fast": that and `Qwen2Step`. The bound, measured in every
+backend now: finished rows decoded as padding until the share AT of the batch has ended, and the
+one-token steps through the model's forward (kind "module") or `Qwen2Step` ("step", the default
+for a micro model). The pre-allocated KV cache measured against these is in commit 6b832d2
+(`--kinds after fast dynamic dynamic+fast` there). The bound, measured in every
 pair on the same model: one no-gradient forward over 128 x `--new-tokens` positions at once, in
 positions per second (all rows' matmuls at once, no cache, no sampling).
 
@@ -60,10 +60,9 @@ def _decode(arm: str, model, tok, sampling: Sampling, seed: int):
     if arm == "before":
         ro = reference_generate(model, tok, PROMPTS, 8, sampling)
     else:
-        kinds, at = arm.split("@")
+        kind, at = arm.split("@")
         hf.COMPACT_AT = float(at)
-        hf.KV_CACHE = "dynamic" if "dynamic" in kinds else "filled"
-        hf.FAST_STEP = "fast" in kinds
+        hf.FAST_STEP = kind == "step"
         ro = hf.HFBackend(model, tok).generate(PROMPTS, 8, sampling)
     return time.perf_counter() - t, time.process_time() - c, ro
 
@@ -84,22 +83,22 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compact-at", type=float, nargs="+", default=[hf.COMPACT_AT],
-                    help="one 'after' arm per share of ended rows at which the batch is compacted")
-    ap.add_argument("--kinds", nargs="+", default=["after", "fast"],
-                    help="after: the filled cache; fast: and Qwen2Step; dynamic+fast: Qwen2Step on DynamicCache")
+                    help="shares of ended rows at which the batch is compacted, one arm per kind each")
+    ap.add_argument("--kinds", nargs="+", default=["step"], choices=["module", "step"],
+                    help="one-token steps through the model's forward (module) or Qwen2Step (step)")
     ap.add_argument("--profile", action="store_true", help="cProfile 5 rollouts of the current loop instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok = build_char_tokenizer()
     model = _model(args.model, tok)
     sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens, logprobs=True)
-    default_at = hf.COMPACT_AT
+    now = f"step@{hf.COMPACT_AT}"
     if args.profile:
-        _decode(f"after@{default_at}", model, tok, sampling, 0)
+        _decode(now, model, tok, sampling, 0)
         prof = cProfile.Profile()
         prof.enable()
         for i in range(5):
-            _decode(f"after@{default_at}", model, tok, sampling, i)
+            _decode(now, model, tok, sampling, i)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return

@@ -11,12 +11,19 @@ Top-p changes the distribution drawn from, and `decode="generate"` returns no lo
 neither is exact, and the trainer recomputes.
 
 Sampling runs its own decode loop over transformers' KV cache and logits warpers rather than
-`generate`: a sequence that has emitted <eos> leaves the batch (its rows of the cache are
-dropped), where `generate` keeps decoding every finished row as padding until the longest
-one ends. With responses of mean length ~19 out of 32 that padding is about 40% of the
-positions. Tokens are drawn the way `generate` draws them (temperature, then top-p, then one
-multinomial draw per row; argmax at temperature 0), so a seed still fixes a rollout;
-`decode="generate"` keeps the transformers call.
+`generate`: sequences that have emitted <eos> leave the batch (their rows of the cache are
+dropped) once they are `COMPACT_AT` of it, where `generate` keeps decoding every finished row as
+padding until the longest one ends (with responses of mean length ~19 out of 32 that padding is
+about 40% of the positions). Until then a finished row is decoded as padding and never sampled:
+only the rows still decoding are drawn, in batch order, so the draws and the random numbers they
+use are those of a batch holding just those rows, and a seed fixes the same rollout whatever the
+threshold. Tokens are drawn the way `generate` draws them (temperature, then top-p, then one
+multinomial draw per row; argmax at temperature 0); `decode="generate"` keeps the transformers
+call. For a plain float32 Qwen2 model (the micro models) the one-token steps after the prompt go
+through `Qwen2Step`, the same computation without the module stack's fixed cost per step.
+
+A KV cache written in place into buffers allocated once per chunk, instead of the concatenating
+`DynamicCache`, was measured slower on CPU and dropped (commit 6b832d2; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ from typing import Iterable
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from workbench.rollout.base import Rollouts, Sampling, encode_prompts
@@ -34,89 +40,11 @@ from workbench.rollout.qwen2_step import Qwen2Step
 
 
 # Share of the batch's rows that must have ended before they are dropped from the batch and the
-# cache; until then a finished row is decoded as padding and its output is never read.
+# cache; until then a finished row is decoded as padding and its output is never read. 0 drops a
+# row at the step it ends (the loop before issue 22); 0.25 was fastest of 0 / 0.25 / 0.5 measured.
 COMPACT_AT = 0.25
-# "filled": keys and values written in place into buffers allocated once (FilledLayer); "dynamic":
-# transformers' DynamicCache, grown by concatenation every step.
-KV_CACHE = "filled"
 # One-token steps of a plain float32 Qwen2 model through Qwen2Step instead of the module (see there).
 FAST_STEP = True
-
-
-class FilledLayer(DynamicLayer):
-    """One full-attention layer's keys and values in buffers allocated for the longest row, filled in place.
-
-    transformers' `DynamicLayer` concatenates every step, copying the whole cache; here the buffers
-    are allocated at the first update (prompt + max_new_tokens positions), each step writes its
-    position into them and attention reads the filled prefix as a view. Dropping rows
-    (`batch_select_indices`) copies the buffers once.
-    """
-
-    def __init__(self, max_len: int):
-        super().__init__()
-        self.max_len = max_len
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device = key_states.device
-        b, h, _, _ = key_states.shape
-        self.k_buf = key_states.new_empty(b, h, self.max_len, key_states.shape[-1])
-        self.v_buf = value_states.new_empty(b, value_states.shape[1], self.max_len, value_states.shape[-1])
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.max_len:
-            raise ValueError(f"FilledLayer holds {self.max_len} positions, asked for {end}")
-        self.k_buf[:, :, self.length:end].copy_(key_states)
-        self.v_buf[:, :, self.length:end].copy_(value_states)
-        self.length = end
-        self.keys, self.values = self.k_buf[:, :, :end], self.v_buf[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return self.max_len
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:  # new buffers; only the filled positions are copied
-            self.k_buf, self.keys = self._select(self.k_buf, indices)
-            self.v_buf, self.values = self._select(self.v_buf, indices)
-
-    def _select(self, buf: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        new = buf.new_empty(len(indices), *buf.shape[1:])
-        filled = new[:, :, :self.length]
-        torch.index_select(buf[:, :, :self.length], 0, indices, out=filled)
-        return new, filled
-
-    def reset(self) -> None:
-        super().reset()
-        self.length = 0
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("FilledLayer is the decode loop's own cache; it is never cropped")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("FilledLayer is the decode loop's own cache; it is never repeated")
-
-
-def filled_cache(model: torch.nn.Module, max_len: int) -> DynamicCache:
-    """The model's `DynamicCache` with each plain full-attention layer replaced by a `FilledLayer`.
-
-    Other layer kinds (sliding windows, linear attention, shared KV) stay transformers' own.
-    """
-    cache = DynamicCache(config=getattr(model, "config", None))
-    if cache.layers:
-        cache.layers = [FilledLayer(max_len) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    else:  # no config: layers are made at their first update
-        cache.layer_class_to_replicate = lambda: FilledLayer(max_len)
-    return cache
-
 
 
 class HFBackend:
@@ -211,8 +139,7 @@ class HFBackend:
         row_of = torch.arange(len(chunk), device=dev)  # chunk row of each batch row
         live = torch.ones(len(chunk), dtype=torch.bool, device=dev)  # batch rows still decoding
         n_live = len(chunk)
-        cache = filled_cache(self.model, width + steps) if KV_CACHE == "filled" else DynamicCache(
-            config=getattr(self.model, "config", None))
+        cache = DynamicCache(config=getattr(self.model, "config", None))
         cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         step = Qwen2Step.build(self.model, width + steps) if FAST_STEP else None
         padded = any(len(c) < width for c in chunk)
@@ -257,7 +184,8 @@ class HFBackend:
             if n_done and n_done >= COMPACT_AT * len(row_of):  # enough rows ended: drop them from batch and cache
                 keep = live.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                row_of, ids, attention, positions, live = row_of[keep], ids[keep], attention[keep], positions[keep], live[keep]
+                row_of, ids, live = row_of[keep], ids[keep], live[keep]
+                attention, positions = attention[keep], positions[keep]
             positions = positions[:, -1:] + 1
         lengths = lengths.tolist()
         responses = [row[:n] for row, n in zip(tokens.tolist(), lengths)]

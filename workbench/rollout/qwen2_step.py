@@ -13,7 +13,7 @@ default rotary embedding, full attention in every layer (no sliding window), SDP
 attention, SiLU, and no forward hooks or pre-hooks on any of its modules (something that hooks
 the model expects its forward to run). `Qwen2Step.build` returns None otherwise and the loop calls
 the model. Prefill (the prompt) always goes through the model; only the one-token steps after it
-come here, writing their keys and values into the loop's `FilledLayer` buffers.
+come here, adding their keys and values to the loop's cache.
 """
 
 from __future__ import annotations
