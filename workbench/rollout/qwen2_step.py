@@ -2,13 +2,14 @@
 
 A decode step of transformers' `Qwen2ForCausalLM` goes through ~60 module calls, their hooks and
 wrappers, a mask builder and a rotary module; on CPU with a micro model and the few rows left at
-the end of a rollout that fixed cost per step is most of the step. `Qwen2Step` computes the same
+the end of a rollout that fixed cost is a large part of each step. `Qwen2Step` computes the same
 thing (RMSNorm in float32, q/k/v with their biases, rotary embedding, attention over the cache,
 o-projection, SiLU-gated MLP, final norm, lm_head) with the q/k/v and gate/up projections fused
 into one matmul each and the rotary table computed once. Its logits equal the module's to float
 rounding (`tests/test_rollout_hf.py`).
 
-It applies only where it is the same computation: a float32 `Qwen2ForCausalLM` in eval mode with
+It applies only where it is the same computation, on CPU (where it was measured; a GPU's decode
+runs through the module): a float32 `Qwen2ForCausalLM` in eval mode with
 default rotary embedding, full attention in every layer (no sliding window), SDPA or eager
 attention, SiLU, and no forward hooks or pre-hooks on any of its modules (something that hooks
 the model expects its forward to run). `Qwen2Step.build` returns None otherwise and the loop calls
@@ -58,6 +59,8 @@ class Qwen2Step:
         from transformers import Qwen2ForCausalLM
 
         if type(model) is not Qwen2ForCausalLM or model.training:
+            return None
+        if model.device.type != "cpu":  # measured and tested on CPU only
             return None
         cfg = model.config
         if (cfg.rope_parameters or {}).get("rope_type", "default") != "default":
