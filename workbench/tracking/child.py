@@ -83,12 +83,14 @@ class ChildTracker:
         self._call("log_file", str(path), artifact_path)
 
     def finish(self, status: str = FINISHED, reason: str | None = None) -> None:
-        """End the run, then the child (its peak RSS is kept in `child_peak_rss_mb`)."""
-        self._call("finish", status, reason)
-        self.close()
+        """End the run, then the child (its peak RSS is kept in `child_peak_rss_mb`), even when ending failed."""
+        try:
+            self._call("finish", status, reason)
+        finally:
+            self.close()
 
     def close(self) -> None:
-        if self._proc.poll() is None:
+        if self._proc.poll() is None and not self._to.closed:
             try:
                 self.child_peak_rss_mb = self._call("peak_rss_mb")
                 self._to.send(None)
