@@ -20,7 +20,8 @@ phase (VmHWM read at the end of each phase, then reset through /proc/self/clear_
 figure is that phase's own peak; a step's phases keep their largest over the steps). dispo-wb's
 run is written by a child process that alone imports MLflow (`tracking.ChildTracker`); its own
 peak is printed beside the training process's, and the ratio to TRL is given with and without it
-(TRL's arm logs nowhere). The arm `ours-inline` imports MLflow first, so its run is written in the
+(the arm `trl` logs nowhere; `trl-mlflow` is TRL with `report_to="mlflow"` writing to a SQLite store, as
+dispo-wb does, MLflow in its training process). The arm `ours-inline` imports MLflow first, so its run is written in the
 training process, as before issue 22. Arms rotate their order each round, the load average is
 printed with each round, and ratios are taken from the medians of this one invocation: on a
 shared machine only figures from the same run compare.
@@ -100,7 +101,7 @@ def _config(args, steps: int):
     return build_run_config({
         "model": {"name": args.model}, "seed": args.seed, "threads": args.threads, "steps": steps,
         "rollout_lag": args.lag, "updates_per_rollout": 16, "lr": 5e-6,
-        "rollout": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": args.new_tokens},
+        "rollout": {"prompts_per_step": 16, "group_size": args.group_size, "max_new_tokens": args.new_tokens},
         "eval": {"benchmarks": [], "every": 10 ** 6}, "sft": {"enabled": not args.no_sft},
         "checkpoint_every": 10 ** 6, "sample_every": 10 ** 6})
 
@@ -120,6 +121,14 @@ def arm_ours(args, writer: str = "child") -> dict:
     writer_mb: list[float] = []
     load_model, setup, lap, close = (trainer._load_model, trainer.setup, trainer._PhaseClock.lap,
                                      tracking.ChildTracker.close)
+    train_step = trainer.train_step
+    step_cpu: list[float] = []  # CPU seconds of this process per train_step: less moved by other jobs than wall
+
+    def timed_step(*a, **k):
+        c = time.process_time()
+        out = train_step(*a, **k)
+        step_cpu.append(time.process_time() - c)
+        return out
 
     def timed_load(*a, **k):
         out = load_model(*a, **k)
@@ -143,6 +152,7 @@ def arm_ours(args, writer: str = "child") -> dict:
             writer_mb.append(self.child_peak_rss_mb)
 
     trainer._load_model, trainer.setup, trainer._PhaseClock.lap = timed_load, timed_setup, timed_lap
+    trainer.train_step = timed_step
     tracking.ChildTracker.close = closing
     steps = args.rollouts + 1  # the first step warms caches and allocators and is not counted
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +164,7 @@ def arm_ours(args, writer: str = "child") -> dict:
         ckpt = sum(f.stat().st_size for f in Path(f"{tmp}/ck").rglob("state.pt"))
     per = {k: [v for s, v in h[k] if s > 1] for k in keys}
     step_s = [a + b for a, b in zip(per[STEP_S], per[TRACKING_S])]
-    return {"s_per_step": statistics.median(step_s),
+    return {"s_per_step": statistics.median(step_s), "cpu_s_per_step": statistics.median(step_cpu[1:]),
             **{p: statistics.median(per[phase_key(p)]) for p in PHASES},
             "real_tok_s": statistics.median(per[ROLLOUT_TOKENS_PER_S]),
             "positions_s": statistics.median(per[ROLLOUT_POSITIONS_PER_S]),
@@ -163,7 +173,9 @@ def arm_ours(args, writer: str = "child") -> dict:
             "phase_rss_mb": peaks.peaks, "checkpoint_mb": ckpt / 2 ** 20, "bound_tok_s": _bound_tok_s(args)}
 
 
-def arm_trl(args) -> dict:
+def arm_trl(args, mlflow: bool = False) -> dict:
+    """TRL's GRPOTrainer; with `mlflow`, logging to a SQLite MLflow store as dispo-wb does (`report_to="mlflow"`,
+    MLflow imported in the training process, as TRL does it)."""
     peaks = _PhasePeaks()
     import torch
     from datasets import Dataset
@@ -213,15 +225,20 @@ def arm_trl(args) -> dict:
 
     model.generate = timed_generate
     with tempfile.TemporaryDirectory() as tmp:
+        if mlflow:
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+            os.environ["MLFLOW_EXPERIMENT_NAME"] = "vs_trl"
         targs = GRPOConfig(
             output_dir=tmp, max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=1,
             steps_per_generation=16, num_generations=8, num_iterations=1, max_completion_length=args.new_tokens,
             temperature=1.0, top_p=1.0, top_k=0, learning_rate=5e-6, weight_decay=0.0, max_grad_norm=1.0,
             lr_scheduler_type="constant", warmup_steps=0, beta=0.0, loss_type="dapo", use_cpu=True, bf16=False,
-            report_to="none", save_strategy="no", logging_steps=16, disable_tqdm=True, seed=args.seed,
+            report_to="mlflow" if mlflow else "none", save_strategy="no", logging_steps=16, disable_tqdm=True, seed=args.seed,
             shuffle_dataset=False, dataloader_num_workers=0)
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=targs, train_dataset=data, processing_class=tok,
                               callbacks=[Clock()])
+        logs_to_mlflow = any(type(c).__name__ == "MLflowCallback" for c in trainer.callback_handler.callbacks)
+        assert logs_to_mlflow == mlflow, "TRL's MLflow callback is not where the arm says"
         torch.set_num_threads(args.threads)
         peaks.end("set-up")
         t0 = time.perf_counter()
@@ -244,7 +261,7 @@ def _run_arm(name: str, argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-NAMES = {"ours": "dispo-wb", "ours-inline": "inline", "trl": "TRL"}
+NAMES = {"ours": "dispo-wb", "ours-inline": "inline", "trl": "TRL", "trl-mlflow": "TRL+MLflow"}
 
 
 def _fmt(r: dict) -> str:
@@ -267,16 +284,20 @@ def main() -> None:
     ap.add_argument("--model", default="micro-3m")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--lag", type=int, default=64)
+    ap.add_argument("--group-size", type=int, default=8, help="samples per prompt (dispo-wb's arm only; TRL's is 8)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sft", action="store_true", help="start from the freshly initialised model")
     ap.add_argument("--arms", default="ours,trl",
                     help="comma-separated, rotated each round: ours, trl, ours-inline (dispo-wb with its run written "
-                         "in the training process, as before issue 22)")
+                         "in the training process, as before issue 22), trl-mlflow (TRL logging to an MLflow store)")
     ap.add_argument("--arm", choices=list(NAMES), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.group_size != 8 and (str(args.arm).startswith("trl") or not args.arm and "trl" in args.arms):
+        ap.error("--group-size other than 8 is for dispo-wb's arm alone (benchmarks/scaling.py); TRL's arm is matched at 8")
     if args.arm:
-        run = {"ours": arm_ours, "ours-inline": lambda a: arm_ours(a, writer="inline"), "trl": arm_trl}[args.arm]
+        run = {"ours": arm_ours, "ours-inline": lambda a: arm_ours(a, writer="inline"), "trl": arm_trl,
+               "trl-mlflow": lambda a: arm_trl(a, mlflow=True)}[args.arm]
         print(json.dumps(run(args)))
         return
     argv = [a for a in sys.argv[1:]]
@@ -311,6 +332,11 @@ def main() -> None:
               f"peak RSS {med['ours']['peak_rss_mb'] / med['trl']['peak_rss_mb']:.2f}x (with the MLflow writer "
               f"process: {(med['ours']['peak_rss_mb'] + med['ours']['writer_rss_mb']) / med['trl']['peak_rss_mb']:.2f}x), "
               f"generation real tokens/s {med['ours']['real_tok_s'] / med['trl']['real_tok_s']:.2f}x")
+    if "ours" in med and "trl-mlflow" in med:
+        a, b = med["ours"], med["trl-mlflow"]
+        print(f"both writing their run to MLflow, dispo-wb / TRL+MLflow: s/step {a['s_per_step'] / b['s_per_step']:.2f}x, "
+              f"peak RSS, training process {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x, training process + MLflow "
+              f"writer {(a['peak_rss_mb'] + a['writer_rss_mb']) / b['peak_rss_mb']:.2f}x")
     if "ours" in med and "ours-inline" in med:
         a, b = med["ours"], med["ours-inline"]
         print(f"run written by a child / in process: training process peak RSS {a['peak_rss_mb']:.0f} / "
