@@ -3,6 +3,7 @@
 Run: pytest tests/test_rollout_hf.py
 """
 
+import pytest
 import torch
 
 from workbench.models.policy import build_char_tokenizer, build_micro_model
@@ -110,3 +111,85 @@ def test_top_p_log_probs_are_not_exact_and_the_trainer_recomputes(monkeypatch):
     parts = trainer.Parts(cfg(), device=cpu, tok=None, micro=True, benchmarks={}, old_policy=model,
                           logp_from_rollout=True)
     assert trainer.behaviour_logp(parts, ro, batch) is recomputed and calls == [1]
+
+
+# Prompts of different lengths (left padding). An untrained micro model draws <eos> about once in 31
+# tokens; with <eos>'s (tied) embedding scaled by 4 it is also the argmax after some prompts, so at
+# every temperature responses end at different steps, and some only at the cap.
+VARIED = ["1+2=", "3+4+5=", "9=", "7+7+7+7=", "2+2=", "8+1+1+1+1+1="]
+SAMPLINGS = [Sampling(temperature=1.0, max_new_tokens=24, logprobs=True),
+             Sampling(temperature=0.7, max_new_tokens=24, logprobs=True),
+             Sampling(temperature=1.0, top_p=0.9, max_new_tokens=24, logprobs=True),
+             Sampling(temperature=0, max_new_tokens=24, logprobs=True)]
+
+
+@pytest.mark.parametrize("fast_step", [True, False], ids=["qwen2-step", "module"])
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["t1", "t0.7", "top-p", "greedy"])
+def test_decode_loop_gives_the_previous_loops_tokens_and_log_probs(monkeypatch, sampling, fast_step):
+    """The loop now (finished rows kept as padding until COMPACT_AT of the batch, Qwen2Step) against the
+    loop before it (tests/decode_reference.py): the same tokens for the same seed, log-probs to float rounding."""
+    from tests.decode_reference import reference_generate
+    from workbench.rollout import hf
+    from workbench.rollout.qwen2_step import Qwen2Step
+
+    tok = build_char_tokenizer()
+    model = build_micro_model("micro-0.5m", tok, seed=4).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tok.eos_token_id] *= 4
+    assert Qwen2Step.build(model, 64) is not None  # a hook-free micro model takes the fast path when asked
+    monkeypatch.setattr(hf, "FAST_STEP", fast_step)
+    torch.manual_seed(9)
+    before = reference_generate(model, tok, VARIED, 6, sampling)
+    assert len({len(r) for r in before.response_ids}) > 2
+    assert "stop" in before.finish_reasons and "length" in before.finish_reasons
+    for at in (0.0, hf.COMPACT_AT, 1.0):  # 0: a row leaves the batch at once; 1.0: never
+        monkeypatch.setattr(hf, "COMPACT_AT", at)
+        torch.manual_seed(9)
+        now = HFBackend(model, tok).generate(VARIED, 6, sampling)
+        assert now.response_ids == before.response_ids and now.finish_reasons == before.finish_reasons, at
+        assert now.exact_logp == before.exact_logp
+        diff = max(abs(a - b) for ra, rb in zip(now.sampling_logp, before.sampling_logp) for a, b in zip(ra, rb))
+        assert diff < LOGP_TOL, (at, diff)
+        if at == hf.COMPACT_AT:  # and the same seed gives the same rollout
+            torch.manual_seed(9)
+            again = HFBackend(model, tok).generate(VARIED, 6, sampling)
+            assert again.response_ids == now.response_ids and again.sampling_logp == now.sampling_logp
+
+
+def test_qwen2_step_is_the_modules_decode_step_to_float_rounding():
+    """Grouped-query attention, left padding, untied lm_head: Qwen2Step's logits are the module's."""
+    from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+
+    from workbench.rollout.qwen2_step import Qwen2Step
+
+    config = Qwen2Config(vocab_size=40, hidden_size=64, num_hidden_layers=2, intermediate_size=96,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config).eval()
+    step = Qwen2Step.build(model, 32)
+    assert step is not None
+    g = torch.Generator().manual_seed(1)
+    width, n_steps = 6, 5
+    attention = torch.ones(3, width + n_steps, dtype=torch.long)
+    attention[0, :3] = 0  # rows 0 and 1 are left-padded
+    attention[1, :1] = 0
+    ids = torch.randint(1, 40, (3, width), generator=g)
+    positions = (attention[:, :width].cumsum(1) - 1).clamp(min=0)
+    caches = [DynamicCache(config=config), DynamicCache(config=config)]
+    with torch.no_grad():
+        for c in caches:
+            model(input_ids=ids, attention_mask=attention[:, :width], position_ids=positions, cache=c, use_cache=True)
+        pos = positions[:, -1]
+        for t in range(1, n_steps + 1):
+            pos = pos + 1
+            nxt = torch.randint(1, 40, (3,), generator=g)
+            ref = model(input_ids=nxt[:, None], attention_mask=attention[:, :width + t], position_ids=pos[:, None],
+                        cache=caches[0], use_cache=True, logits_to_keep=1).logits[:, -1]
+            got = step(nxt, pos, caches[1], attention[:, None, None, :width + t].bool())
+            assert (got - ref).abs().max() < 1e-5
+    hooked = build_micro_model("micro-0.5m", build_char_tokenizer(), seed=0)
+    hooked.model.layers[0].register_forward_hook(lambda *a: None)
+    assert Qwen2Step.build(hooked.eval(), 32) is None  # whatever hooks the model expects its forward to run
+    assert Qwen2Step.build(model.train(), 32) is None

@@ -11,12 +11,19 @@ Top-p changes the distribution drawn from, and `decode="generate"` returns no lo
 neither is exact, and the trainer recomputes.
 
 Sampling runs its own decode loop over transformers' KV cache and logits warpers rather than
-`generate`: a sequence that has emitted <eos> leaves the batch (its rows of the cache are
-dropped), where `generate` keeps decoding every finished row as padding until the longest
-one ends. With responses of mean length ~19 out of 32 that padding is about 40% of the
-positions. Tokens are drawn the way `generate` draws them (temperature, then top-p, then one
-multinomial draw per row; argmax at temperature 0), so a seed still fixes a rollout;
-`decode="generate"` keeps the transformers call.
+`generate`: sequences that have emitted <eos> leave the batch (their rows of the cache are
+dropped) once they are `COMPACT_AT` of it, where `generate` keeps decoding every finished row as
+padding until the longest one ends (with responses of mean length ~19 out of 32 that padding is
+about 40% of the positions). Until then a finished row is decoded as padding and never sampled:
+only the rows still decoding are drawn, in batch order, so the draws and the random numbers they
+use are those of a batch holding just those rows, and a seed fixes the same rollout whatever the
+threshold. Tokens are drawn the way `generate` draws them (temperature, then top-p, then one
+multinomial draw per row; argmax at temperature 0); `decode="generate"` keeps the transformers
+call. For a plain float32 Qwen2 model (the micro models) the one-token steps after the prompt go
+through `Qwen2Step`, the same computation without the module stack's fixed cost per step.
+
+A KV cache written in place into buffers allocated once per chunk, instead of the concatenating
+`DynamicCache`, was measured slower on CPU and dropped (commit 6b832d2; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -29,6 +36,15 @@ from transformers import DynamicCache
 from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from workbench.rollout.base import Rollouts, Sampling, encode_prompts
+from workbench.rollout.qwen2_step import Qwen2Step
+
+
+# Share of the batch's rows that must have ended before they are dropped from the batch and the
+# cache; until then a finished row is decoded as padding and its output is never read. 0 drops a
+# row at the step it ends (the loop before issue 22); 0.25 was fastest of 0 / 0.25 / 0.5 measured.
+COMPACT_AT = 0.25
+# One-token steps of a plain float32 Qwen2 model through Qwen2Step instead of the module (see there).
+FAST_STEP = True
 
 
 class HFBackend:
@@ -102,52 +118,80 @@ class HFBackend:
     def _decode_chunk(self, chunk: list[list[int]], sampling: Sampling
                       ) -> tuple[list[list[int]], list[str], list[list[float]]]:
         tok = self.tokenizer
+        dev = self.device
         width = max(len(c) for c in chunk)
         pad, eos = tok.pad_token_id, tok.eos_token_id
-        ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=self.device)
-        attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=self.device)
-        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        steps = sampling.max_new_tokens
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=dev)
+        # The attention mask of every position a row can reach, built once: prompt padding 0, the rest 1.
+        attention = torch.ones(len(chunk), width + steps, dtype=torch.long, device=dev)
+        attention[:, :width] = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=dev)
+        positions = (attention[:, :width].cumsum(dim=1) - 1).clamp(min=0)
         greedy = sampling.temperature == 0
         warp = LogitsProcessorList()
         if not greedy and sampling.temperature != 1.0:
             warp.append(TemperatureLogitsWarper(sampling.temperature))
         if not greedy and sampling.top_p < 1.0:
             warp.append(TopPLogitsWarper(sampling.top_p))
-        responses: list[list[int]] = [[] for _ in chunk]
-        logps: list[list[float]] = [[] for _ in chunk]
-        alive = torch.arange(len(chunk), device=self.device)  # chunk row of each batch row still decoding
+        tokens = torch.full((len(chunk), steps), pad, dtype=torch.long, device=dev)
+        logps = torch.zeros(len(chunk), steps, device=dev) if sampling.logprobs else None
+        lengths = torch.full((len(chunk),), steps, dtype=torch.long, device=dev)
+        row_of = torch.arange(len(chunk), device=dev)  # chunk row of each batch row
+        live = torch.ones(len(chunk), dtype=torch.bool, device=dev)  # batch rows still decoding
+        n_live = len(chunk)
         cache = DynamicCache(config=getattr(self.model, "config", None))
         cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        for t in range(sampling.max_new_tokens):
-            out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                             use_cache=True, logits_to_keep=1, **{cache_arg: cache})
-            logits = out.logits[:, -1].float()
+        step = Qwen2Step.build(self.model, width + steps) if FAST_STEP else None
+        padded = any(len(c) < width for c in chunk)
+        for t in range(steps):
+            if t == 0 or step is None:
+                out = self.model(input_ids=ids, attention_mask=attention[:, :width + t], position_ids=positions,
+                                 use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+                logits = out.logits[:, -1].float()
+            else:
+                mask = attention[:, None, None, :width + t].bool() if padded else None
+                logits = step(ids[:, 0], positions[:, 0], cache, mask).float()
+            # Only the rows still decoding are sampled, in batch order: the same draws from the same random
+            # numbers as a batch that holds just these rows, i.e. as when a finished row left it at once.
+            idx = None if n_live == len(row_of) else live.nonzero().squeeze(1)
+            if idx is not None:
+                logits = logits[idx]
             if greedy:
                 nxt = logits.argmax(dim=-1)
                 scores = logits
             else:
-                scores = warp(ids, logits)
+                scores = warp(ids if idx is None else ids[idx], logits)
                 nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
-            rows = alive.tolist()
-            for row, token in zip(rows, nxt.tolist()):
-                responses[row].append(token)
-            if sampling.logprobs:
+            rows = row_of if idx is None else row_of[idx]
+            tokens[rows, t] = nxt
+            if logps is not None:
                 # The trainer's logp: log_softmax of the same float32 logits / T (batching.response_logp).
-                lp = torch.log_softmax(scores, dim=-1).gather(-1, nxt.unsqueeze(1)).squeeze(1)
-                for row, v in zip(rows, lp.tolist()):
-                    logps[row].append(v)
-            going = nxt != eos
-            if t == sampling.max_new_tokens - 1 or not going.any():
+                logps[rows, t] = torch.log_softmax(scores, dim=-1).gather(-1, nxt.unsqueeze(1)).squeeze(1)
+            ended = nxt == eos
+            n_end = int(ended.sum())
+            if n_end:
+                lengths[rows[ended]] = t + 1
+                live[(torch.arange(len(row_of), device=dev) if idx is None else idx)[ended]] = False
+                n_live -= n_end
+            if t == steps - 1 or n_live == 0:
                 break
-            if not going.all():  # finished rows leave the batch and the cache
-                keep = going.nonzero().squeeze(1)
+            if idx is None:
+                ids = nxt.unsqueeze(1)
+            else:  # a finished row is fed padding; what it computes is never read
+                ids = torch.full((len(row_of), 1), pad, dtype=torch.long, device=dev)
+                ids[idx, 0] = nxt
+            n_done = len(row_of) - n_live
+            if n_done and n_done >= COMPACT_AT * len(row_of):  # enough rows ended: drop them from batch and cache
+                keep = live.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                alive, nxt, attention, positions = alive[keep], nxt[keep], attention[keep], positions[keep]
-            ids = nxt.unsqueeze(1)
-            attention = torch.cat([attention, attention.new_ones(len(alive), 1)], dim=1)
+                row_of, ids, live = row_of[keep], ids[keep], live[keep]
+                attention, positions = attention[keep], positions[keep]
             positions = positions[:, -1:] + 1
+        lengths = lengths.tolist()
+        responses = [row[:n] for row, n in zip(tokens.tolist(), lengths)]
+        lp = [row[:n] for row, n in zip(logps.tolist(), lengths)] if logps is not None else [[] for _ in chunk]
         reasons = ["stop" if r and r[-1] == eos else "length" for r in responses]
-        return responses, reasons, logps
+        return responses, reasons, lp
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         state = dict(named_tensors)

@@ -3,6 +3,7 @@
 One job per module:
 - `store`: reaching a store (clients, experiments, the UI on it);
 - `runs`: writing one run (`RunTracker`, `NullTracker`; the trainer and the engines);
+- `child`: the same, written by a child process (`ChildTracker`), so a training process need not import MLflow;
 - `lineage`: a sweep's run tree (study and trial runs, ending what a dead sweep left RUNNING);
 - `queries`: what the store holds, as plain data (`resolve_target`, `RunRecord`, run info);
 - `histories`: full metric series of many runs, the fastest way the store allows.
@@ -15,6 +16,7 @@ The names below are the package's surface: `from workbench.tracking import X` an
 
 from __future__ import annotations
 
+from workbench.tracking.child import ChildTracker
 from workbench.tracking.location import DEFAULT_TRACKING_URI, first_use_lock, resolve_tracking_uri
 from workbench.tracking.histories import load_histories
 from workbench.tracking.lineage import (close_study_run, close_trial_run, kill_running_trials, kill_runs,
@@ -29,7 +31,7 @@ from workbench.tracking.store import (EXPERIMENT_KIND, connect, experiment_id, r
 __all__ = [
     "DEFAULT_TRACKING_URI", "first_use_lock", "resolve_tracking_uri",
     "connect", "experiment_id", "EXPERIMENT_KIND", "require_store", "run_url", "ui_command",
-    "RunTracker", "NullTracker", "git_commit", "log_run_metrics", "set_run_tags", "log_report",
+    "RunTracker", "NullTracker", "ChildTracker", "git_commit", "log_run_metrics", "set_run_tags", "log_report",
     "open_study_run", "close_study_run", "open_trial_run", "close_trial_run", "kill_runs", "kill_running_trials",
     "MetricSeries", "RunRecord", "TargetRuns", "resolve_target", "resolve_run", "run_tags", "run_info",
     "metric_histories", "metric_keys", "runs_by_id", "download_text", "latest_study_storage", "load_histories",

@@ -36,7 +36,8 @@ class RunTracker:
     def __init__(self, *, experiment: str, run_name: str, tracking_uri: str | None = None,
                  params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
                  artifacts: dict[str, str] | None = None, parent_run_id: str | None = None,
-                 resume_run_id: str | None = None):
+                 resume_run_id: str | None = None, writer: dict[str, str] | None = None):
+        """`writer`: the tags naming the process whose death ends the run (default: this one)."""
         from mlflow.entities import Param
 
         from workbench.tracking.liveness import writer_tags
@@ -51,10 +52,10 @@ class RunTracker:
             self.logged = {key: max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
                            for key in run.data.metrics}
             self.client.update_run(self.run_id, status=RUNNING)
-            self.set_tags({"resumed": "true", **writer_tags()})
+            self.set_tags({"resumed": "true", **(writer or writer_tags())})
             return
         exp_id = experiment_id(self.client, experiment)
-        all_tags = {**(tags or {}), **writer_tags()}
+        all_tags = {**(tags or {}), **(writer or writer_tags())}
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)

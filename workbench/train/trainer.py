@@ -33,6 +33,7 @@ import functools
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from statistics import fmean
@@ -155,8 +156,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
     params.update({f"objective.params.{k}": v for k, v in resolved.items()})
     params["objective.aggregation"] = config.objective.aggregation or get_spec(config.objective.name).aggregation
     params.pop("objective.params", None)
-    tracker_cls = tracking.RunTracker if track else tracking.NullTracker
-    tracker = tracker_cls(experiment=config.experiment, run_name=config.resolved_run_name(), tracking_uri=tracking_uri,
+    tracker = tracker_class(track)(experiment=config.experiment, run_name=config.resolved_run_name(), tracking_uri=tracking_uri,
                           params=params, tags=tags, artifacts={"config.yaml": dump_yaml(config)},
                           parent_run_id=parent_run_id, resume_run_id=resume_run_id)
     run_id = tracker.run_id
@@ -199,6 +199,15 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
 
 
 # ---- set-up ----
+def tracker_class(track: bool):
+    """Who writes the run: nobody (`track=False`); this process, where it has imported MLflow already (a
+    sweep's trial, forked from a server that preloads it: the memory is paid and shared); otherwise a
+    child process (`tracking.ChildTracker`), so that the training process never holds MLflow (~140 MB)."""
+    if not track:
+        return tracking.NullTracker
+    return tracking.RunTracker if "mlflow" in sys.modules else tracking.ChildTracker
+
+
 def _load_benchmarks(cfg: RunConfig) -> dict:
     """Evaluation sets, read before a run is opened: a benchmark that cannot be read is a user error."""
     try:
