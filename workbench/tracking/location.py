@@ -16,6 +16,7 @@ from typing import Iterator
 
 from workbench.config import DEFAULT_TRACKING_URI
 from workbench.errors import UserError
+from workbench.tracking.outage import bound_mlflow_retries, is_server, mark_reached, wait_out, was_reached
 
 _SQLITE = "sqlite:///"
 
@@ -29,8 +30,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     from workbench.services.credentials import login_from_file, take_password
 
     resolved = take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    if resolved.startswith(("http://", "https://")):
+    if is_server(resolved):
         login_from_file()
+        bound_mlflow_retries()
     return resolved
 
 
@@ -44,14 +46,29 @@ def sqlite_path(uri: str) -> Path | None:
 PROBE_S = 5.0  # how long a tracking server may take to answer /health before it counts as unreachable
 
 
+class _NoAnswer(UserError):
+    """No MLflow server answered the probe."""
+
+
 def probe_server(uri: str, flag: str = "--tracking-uri") -> None:
     """A UserError within seconds when no MLflow server answers at `uri` (http/https; others: no-op).
 
     MLflow's own client retries an unreachable server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
     backoff) before it says so; one GET of the server's unauthenticated /health answers at once.
+    A server this process (or the one that started it: a sweep's workers and trainers) reached
+    before is down for now, not mistyped: then the probe waits it out (workbench.tracking.outage).
     """
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return
+    if was_reached(uri):
+        wait_out(lambda: _probe_once(uri, flag), "reaching the server", uri,
+                 outage=lambda e: isinstance(e, _NoAnswer))
+    else:
+        _probe_once(uri, flag)
+    mark_reached(uri)
+
+
+def _probe_once(uri: str, flag: str) -> None:
     import urllib.error
     import urllib.request
 
@@ -67,7 +84,7 @@ def probe_server(uri: str, flag: str = "--tracking-uri") -> None:
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         why = getattr(reason, "strerror", None) or str(reason) or type(e).__name__
-    raise UserError(f"{flag}: no MLflow server answers at {redact(uri)} ({why}); start it "
+    raise _NoAnswer(f"{flag}: no MLflow server answers at {redact(uri)} ({why}); start it "
                     "(dispo-wb services up) or give the right address")
 
 
