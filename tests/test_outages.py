@@ -44,6 +44,7 @@ def stack():
     os.chmod(tmp, 0o755)  # PostgreSQL runs as `postgres` under root and must reach its folder
     real = services.MLFLOW_WORKERS
     services.MLFLOW_WORKERS = 1
+    guard = ss.reaper(tmp / "stack", tmp)  # stops the stack should this test run be killed
     try:
         yield services.up(tmp / "stack", pg_port=ss.free_port(), mlflow_port=ss.free_port())
     finally:
@@ -53,6 +54,7 @@ def stack():
         finally:
             services.MLFLOW_WORKERS = real
             shutil.rmtree(tmp, ignore_errors=True)
+            ss.end_reaper(guard)
 
 
 def _trials(stack, name: str) -> list[optuna.trial.FrozenTrial]:

@@ -307,7 +307,13 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    # A server whose starter died (a killed `services up` or test) belongs to init; until init
+    # reaps it, it is a zombie, which kill(pid, 0) still finds: it has exited all the same.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 # --- the stack ------------------------------------------------------------------------------------------
