@@ -6,7 +6,9 @@ Run: pytest tests/test_faults.py   (about a minute on 2 cores: it starts real pr
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -429,3 +431,66 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_queu
     assert ts[2].user_attrs["retry_of"] == lost.number and ts[2].system_attrs["fixed_params"] == lost.params
     fail_stale_trials(study, None)  # queued once, not once per check
     assert len(study.get_trials()) == 3
+
+
+# --- a store already full when a run starts ---------------------------------------------------------------
+
+_FULL_STORE = """
+import json, os, sqlite3, subprocess, sys, time
+mount, work = sys.argv[1:3]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mount], check=True)  # this namespace's alone
+uri = f"sqlite:///{mount}/m.db"
+from workbench.tracking import RunTracker
+RunTracker(experiment="e", run_name="before", tracking_uri=uri).finish()
+try:  # fill the disk the store is on
+    with open(f"{mount}/filler", "wb") as f:
+        while True:
+            f.write(bytes(1 << 16))
+            f.flush()
+except OSError:
+    pass
+store = open(f"{mount}/m.db", "rb").read()
+out = {}
+for argv in (["train", "--steps", "2", "--experiment", "e", "-q"], ["sweep", sys.argv[3]]):
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "workbench.cli", *argv, "--tracking-uri", uri], cwd=work,
+                         capture_output=True, text=True)
+    out[argv[0]] = {"code": run.returncode, "stdout": run.stdout, "stderr": run.stderr, "s": time.monotonic() - t0}
+out["runs"] = sqlite3.connect(f"file:{mount}/m.db?mode=ro", uri=True).execute(
+    "select name, status from runs").fetchall()
+out["unchanged"] = open(f"{mount}/m.db", "rb").read() == store
+out["files"] = sorted(os.listdir(mount))
+print(json.dumps(out))
+"""
+
+
+def _private_mounts() -> str | None:
+    """Why a tmpfs cannot be mounted in a mount namespace of a test's own here, or None."""
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"unshare --mount refused: {probe.stderr.strip()}"
+
+
+@pytest.mark.skipif(_private_mounts() is not None, reason=f"no tmpfs of the test's own: {_private_mounts()}")
+def test_a_store_already_full_when_a_run_starts_is_one_line_and_leaves_no_running_run(tmp_path):
+    """The store's disk is a 4 MB tmpfs, full, in a mount namespace of the test's own (gone with it)."""
+    mount, work = tmp_path / "full", tmp_path / "work"
+    mount.mkdir()
+    work.mkdir()
+    study = work / "s.yaml"
+    study.write_text("name: s\nbase:\n  steps: 2\n  model:\n    name: micro-0.5m\nsampler: grid\nspace:\n  eps_neg_up: [0.1]\n")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _FULL_STORE,
+                          str(mount), str(work), str(study)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for command in ("train", "sweep"):
+        lines = got[command]["stderr"].strip().splitlines()
+        assert got[command]["code"] == 2, got[command]
+        assert len(lines) == 1 and re.fullmatch(
+            rf"error: --tracking-uri: the disk holding {re.escape(str(mount))}/m.db is full \(\d+ KiB free, a run "
+            r"needs 1024 KiB to start\); free space there or give a store on another disk", lines[0]), got[command]
+    assert got["runs"] == [["before", "FINISHED"]]  # no run opened, none left RUNNING
+    assert got["unchanged"] and got["files"] == ["filler", "m.db", "m.db.lock"]
+    assert sorted(p.name for p in work.iterdir()) == ["s.yaml"]  # nothing written where the commands ran

@@ -104,6 +104,7 @@ def check_writable_store(uri: str | None, flag: str = "--tracking-uri") -> str:
             raise UserError(f"{flag}: {path} is not a file; a SQLite store is a file (sqlite:///PATH/mlflow.db)")
         if not os.access(path, os.R_OK | os.W_OK):
             raise UserError(f"{flag}: {path} is not writable; give a store file this user can write")
+        _check_room(path, flag)
         return resolved
     folder = path.parent
     if not folder.exists():
@@ -117,7 +118,29 @@ def check_writable_store(uri: str | None, flag: str = "--tracking-uri") -> str:
                         "give a path in an existing folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{flag}: folder {folder} is not writable; give a store in a folder this user can write")
+    _check_room(path, flag)
     return resolved
+
+
+MIN_FREE_BYTES = 1 << 20  # opening a run writes its experiment, run, tags, ~150 params and SQLite's journal
+
+
+def _check_room(path: Path, flag: str) -> None:
+    """A UserError when the disk holding the SQLite store `path` is already (nearly) full.
+
+    Then MLflow's first write fails inside the store, which logs its own traceback, and a run
+    can be left RUNNING when its row fits but its params do not; refusing first writes nothing.
+    A disk that fills during a run ends the run FAILED (workbench.train.trainer).
+    """
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise UserError(f"{flag}: the disk holding {path} is full ({free // 1024} KiB free, a run needs "
+                        f"{MIN_FREE_BYTES // 1024} KiB to start); free space there or give a store on another disk")
 
 
 @contextmanager

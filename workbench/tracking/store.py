@@ -29,9 +29,11 @@ def open_client(uri: str | None):
 
     from mlflow import MlflowClient
 
-    # A fresh SQLite store announces its migrations at INFO; runs need none of it.
-    for name in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # A fresh SQLite store announces its migrations at INFO; runs need none of it. MLflow also logs
+    # the traceback of a failed store write (a full disk) before raising it: the exception is
+    # ours to report, in one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     resolved = resolve_tracking_uri(uri)
     if resolved in _OPENED:
         return _patient(MlflowClient(tracking_uri=resolved), resolved)
