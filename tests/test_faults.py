@@ -452,7 +452,6 @@ except OSError:
 store = open(f"{mount}/m.db", "rb").read()
 out = {}
 for argv in (["train", "--steps", "2", "--experiment", "e", "-q"], ["sweep", sys.argv[3]]):
-    t0 = time.monotonic()
     try:  # a refusal takes seconds; a run that starts trains for minutes (its SFT warm start first)
         run = subprocess.run([sys.executable, "-m", "workbench.cli", *argv, "--tracking-uri", uri], cwd=work,
                              capture_output=True, text=True, timeout=180)
