@@ -496,3 +496,61 @@ def test_a_store_already_full_when_a_run_starts_is_one_line_and_leaves_no_runnin
     assert got["runs"] == [["before", "FINISHED"]]  # no run opened, none left RUNNING
     assert got["unchanged"] and got["files"] == ["filler", "m.db", "m.db.lock"]
     assert sorted(p.name for p in work.iterdir()) == ["s.yaml"]  # nothing written where the commands ran
+
+
+# --- what counts as an outage of the tracking server --------------------------------------------------------
+
+
+def test_only_a_lost_server_is_an_outage_and_a_long_one_is_one_line_after_the_patience(monkeypatch, capsys):
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    from workbench.tracking import outage
+
+    def wrapped(inner: BaseException) -> MlflowException:  # how MLflow's http_request reports a failure
+        try:
+            raise inner
+        except BaseException as e:
+            try:
+                raise MlflowException(f"API request to http://h/api failed with exception {e}")
+            except MlflowException as outer:
+                return outer
+
+    assert outage.is_outage(wrapped(requests.exceptions.ConnectionError("[Errno 111] Connection refused")))
+    assert outage.is_outage(wrapped(requests.exceptions.RetryError("too many 503 error responses")))
+    assert outage.is_outage(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
+    assert not outage.is_outage(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}))
+    assert not outage.is_outage(RestException({"error_code": "UNAUTHENTICATED", "message": "login"}))
+    # MLflow's own client failing (its telemetry thread racing a request) is a bug, not a lost server
+    assert not outage.is_outage(wrapped(KeyError("_MLFLOW_TELEMETRY_SESSION_ID")))
+
+    calls = []
+
+    def refused():
+        calls.append(time.monotonic())
+        raise wrapped(requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
+
+    monkeypatch.setenv("DISPO_OUTAGE_S", "2")
+    t0 = time.monotonic()
+    with pytest.raises(outage.TrackingUnavailable) as e:
+        outage.wait_out(refused, "log_batch", "http://127.0.0.1:9")
+    assert 1.0 < time.monotonic() - t0 < 4 and len(calls) >= 3  # retried with backoff, given up on time
+    assert str(e.value) == ("the MLflow server http://127.0.0.1:9 was unreachable for 2 s during log_batch "
+                            "(connection refused); this process stops; run the same command again when the server "
+                            "is back (dispo-wb services status), or raise DISPO_OUTAGE_S")
+    assert capsys.readouterr().err.count("warning: the MLflow server http://127.0.0.1:9 does not answer") == 1
+    with pytest.raises(RestException):  # not an outage: at once
+        outage.wait_out(lambda: (_ for _ in ()).throw(RestException({"error_code": "BAD_REQUEST"})), "x", "u")
+
+
+def test_the_workbench_turns_mlflows_own_retries_and_telemetry_off_unless_the_user_set_them(tmp_path):
+    code = ("import os\nfrom workbench.tracking import resolve_tracking_uri\nresolve_tracking_uri('http://h:1')\n"
+            "print([os.environ.get(k) for k in ('MLFLOW_DISABLE_TELEMETRY', 'MLFLOW_HTTP_REQUEST_MAX_RETRIES', "
+            "'MLFLOW_HTTP_REQUEST_TIMEOUT')])")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DISPO_"))}
+    base["PYTHONPATH"] = str(ROOT)
+    run = lambda **env: subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,  # noqa: E731
+                                       env={**base, **env}).stdout.strip()
+    assert run() == "['true', '0', '60']"
+    assert run(DISPO_OUTAGE_S="10") == "['true', '0', '30']" and run(DISPO_OUTAGE_S="600") == "['true', '0', '120']"
+    assert run(MLFLOW_DISABLE_TELEMETRY="false", MLFLOW_HTTP_REQUEST_MAX_RETRIES="3") == "['false', '3', '60']"

@@ -239,6 +239,7 @@ def mlflow_start(stack: Stack, timeout_s: float = 600) -> None:
             # importing MLflow on a loaded machine misses it, and they died and restarted endlessly.
             "--uvicorn-opts", f"--timeout-worker-healthcheck {HEALTHCHECK_S}"]
     env = {**{k: v for k, v in os.environ.items() if k not in _LOGIN_ENV},
+           "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),  # see workbench.tracking
            "PGPASSFILE": str(stack.pgpass.resolve()), "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(MLFLOW_POOL),
            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(MLFLOW_OVERFLOW)}
     if stack.auth:

@@ -70,16 +70,18 @@ def was_reached(uri: str) -> bool:
 
 
 def is_outage(exc: BaseException | None) -> bool:
-    """A refused, dropped or timed-out connection, or a 408/429/5xx answer, anywhere in the chain."""
+    """A refused, dropped or timed-out connection, or a 408/429/5xx answer of the server, anywhere in the chain."""
     import requests
-    from mlflow.exceptions import MlflowException  # loaded already: an MLflow call raised
+    from mlflow.exceptions import RestException  # loaded already: an MLflow call raised
 
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                             requests.exceptions.RetryError)):
             return True
-        if isinstance(exc, MlflowException) and exc.get_http_status_code() in _RETRY_STATUS:
+        # An error the server sent. MLflow also wraps errors of its own client as HTTP 500
+        # ("API request ... failed with exception KeyError(...)"): those are not outages.
+        if isinstance(exc, RestException) and exc.get_http_status_code() in _RETRY_STATUS:
             return True
         if isinstance(exc, requests.exceptions.HTTPError) and getattr(exc.response, "status_code", None) in \
                 _RETRY_STATUS:
@@ -89,20 +91,24 @@ def is_outage(exc: BaseException | None) -> bool:
 
 
 def why(exc: BaseException) -> str:
-    """The innermost reason of an outage in a few words (connection refused, timed out, HTTP 503)."""
-    text = ""
+    """An outage's reason in a few words: connection refused, timed out, HTTP 503: <the server's words>."""
+    status = ""
     seen = 0
     while exc is not None and seen < 10:
-        s = str(exc)
-        low = s.lower()
+        low = str(exc).lower()
         for words in ("connection refused", "connection reset", "connection aborted", "remote end closed",
                       "timed out", "name or service not known", "no route to host", "network is unreachable"):
             if words in low:
                 return words
         if "too many" in low and "error responses" in low:
-            text = low[low.index("too many"):].split(")")[0].split("'")[0]
+            return low[low.index("too many"):].split(")")[0].split("'")[0]
+        code = getattr(getattr(exc, "response", None), "status_code", None)
+        if code is None and hasattr(exc, "get_http_status_code"):
+            code = exc.get_http_status_code()
+        if code and not status:
+            status = f"HTTP {code}: {first_line(exc)[:160]}"
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return text or "no answer"
+    return status or "no answer"
 
 
 class _Outages:
