@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="fake training steps a run (eval points at 0, 2, ...)")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="give up on the sweeps after this many s")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--keep", action="store_true", help="leave the stack running (its folder is printed)")
     args = ap.parse_args()
     if args.workers % args.coordinators:
         raise SystemExit("--workers must be a multiple of --coordinators")
@@ -203,6 +204,9 @@ def main() -> None:
         print(json.dumps({"sweep": sweep}, indent=1), flush=True)
         for line in trouble[:20]:
             print("  trouble:", line)
+        server_log = (folder / "mlflow.log").read_text(errors="replace").splitlines()
+        print(f"MLflow server log: {sum(' ERROR ' in x or 'Traceback' in x for x in server_log)} error lines, "
+              f"{sum(' WARNING ' in x for x in server_log)} warnings", flush=True)
 
         reads = {}
         out = tmp / "reports"
@@ -223,12 +227,16 @@ def main() -> None:
                                                                         for k, r in reads.items()},
                                              "load_before": load_before, "load_after": load_after}, indent=1))
     finally:
-        try:
-            subprocess.run([*DISPO_WB, "services", "down", "--dir", str(folder)], cwd=ROOT, env=ss.worker_env(),
-                           capture_output=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
             ss.end_reaper(guard)
+            print(f"kept: the stack in {folder} (dispo-wb services down --dir {folder}), the sweeps' folders in {tmp}")
+        else:
+            try:
+                subprocess.run([*DISPO_WB, "services", "down", "--dir", str(folder)], cwd=ROOT, env=ss.worker_env(),
+                               capture_output=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                ss.end_reaper(guard)
 
 
 if __name__ == "__main__":
