@@ -551,6 +551,6 @@ def test_the_workbench_turns_mlflows_own_retries_and_telemetry_off_unless_the_us
     base["PYTHONPATH"] = str(ROOT)
     run = lambda **env: subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,  # noqa: E731
                                        env={**base, **env}).stdout.strip()
-    assert run() == "['true', '0', '60']"
-    assert run(DISPO_OUTAGE_S="10") == "['true', '0', '30']" and run(DISPO_OUTAGE_S="600") == "['true', '0', '120']"
+    assert run() == "['true', '1', '60']"
+    assert run(DISPO_OUTAGE_S="10") == "['true', '1', '30']" and run(DISPO_OUTAGE_S="600") == "['true', '1', '120']"
     assert run(MLFLOW_DISABLE_TELEMETRY="false", MLFLOW_HTTP_REQUEST_MAX_RETRIES="3") == "['false', '3', '60']"
