@@ -11,7 +11,7 @@ Prints:
   output that speaks of a connection problem (expected: none);
 - the time and peak memory (max RSS) of `dispo-wb sweep status` and of `dispo-wb report` of
   that study (goal: under 60 s each);
-- the load average before and after.
+- the load average before, during (median and peak of the 1-minute figure) and after.
 
 Run from the repository root, under nice on a shared machine:
     nice -n 19 .venv/bin/python benchmarks/sweep_load.py --trials 1000 --workers 24 --coordinators 6
@@ -89,6 +89,7 @@ class Sampler(threading.Thread):
         self.peak_conn: dict[str, int] = {}
         self.peak_total = 0
         self.base_mem = self.peak_mem = used_memory_mb()
+        self.load: list[float] = []  # 1-minute load average, every second
 
     def run(self) -> None:
         import psycopg
@@ -103,6 +104,7 @@ class Sampler(threading.Thread):
                     self.peak_conn[db] = max(self.peak_conn.get(db, 0), n)
                 self.peak_total = max(self.peak_total, sum(n for _, n in rows))
                 self.peak_mem = max(self.peak_mem, used_memory_mb())
+                self.load.append(os.getloadavg()[0])
         finally:
             conn.close()
 
@@ -200,7 +202,9 @@ def main() -> None:
                  "peak_connections": sampler.peak_conn, "peak_connections_total": sampler.peak_total,
                  "max_connections": services.MAX_CONNECTIONS,
                  "peak_memory_above_start_mb": round(sampler.peak_mem - sampler.base_mem),
-                 "connection_trouble_lines": len(trouble)}
+                 "connection_trouble_lines": len(trouble),
+                 "load_1min_median_max": (round(sorted(sampler.load)[len(sampler.load) // 2], 1),
+                                          round(max(sampler.load), 1)) if sampler.load else None}
         print(json.dumps({"sweep": sweep}, indent=1), flush=True)
         for line in trouble[:20]:
             print("  trouble:", line)
