@@ -54,12 +54,40 @@ def running_stack(with_mlflow: bool = True, use_ci: bool = True) -> Iterator[ser
         return
     tmp = Path(tempfile.mkdtemp(prefix="dispo-stack-"))
     os.chmod(tmp, 0o755)
-    stack = services.up(tmp / "services", pg_port=free_port(), mlflow_port=free_port(), with_mlflow=with_mlflow)
+    guard = reaper(tmp / "services", tmp)
     try:
+        stack = services.up(tmp / "services", pg_port=free_port(), mlflow_port=free_port(), with_mlflow=with_mlflow)
         yield stack
     finally:
-        services.down(stack.folder)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if (tmp / "services" / "services.env").is_file():
+                services.down(tmp / "services")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            end_reaper(guard)
+
+
+def reaper(folder: Path, tmp: Path | None = None, netns: tuple[str, ...] = (), links: tuple[str, ...] = ()
+           ) -> subprocess.Popen:
+    """A process that stops the stack in `folder` (removes `tmp`, namespaces, links) when this one dies.
+
+    For a test run killed from outside (SIGKILL, SIGTERM): no finaliser runs then
+    (tests/stack_reaper.py). Start it before the stack, end it with `end_reaper` after `down`.
+    """
+    argv = [sys.executable, "-m", "tests.stack_reaper", str(os.getpid()), str(folder)]
+    argv += ["--rm", str(tmp)] if tmp else []
+    argv += [a for ns in netns for a in ("--netns", ns)] + [a for link in links for a in ("--link", link)]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # Its own session: a signal to the test's process group must not reach it. No inherited pipes:
+    # it would hold a caller's `| tail` open until the test process dies.
+    return subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def end_reaper(proc: subprocess.Popen) -> None:
+    """The test cleaned up itself: the reaper has nothing left to do."""
+    proc.kill()
+    proc.wait()
 
 
 def password(stack: services.Stack) -> str:

@@ -6,7 +6,9 @@ Run: pytest tests/test_faults.py   (about a minute on 2 cores: it starts real pr
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -429,3 +431,126 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_queu
     assert ts[2].user_attrs["retry_of"] == lost.number and ts[2].system_attrs["fixed_params"] == lost.params
     fail_stale_trials(study, None)  # queued once, not once per check
     assert len(study.get_trials()) == 3
+
+
+# --- a store already full when a run starts ---------------------------------------------------------------
+
+_FULL_STORE = """
+import json, os, sqlite3, subprocess, sys
+mount, work = sys.argv[1:3]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mount], check=True)  # this namespace's alone
+uri = f"sqlite:///{mount}/m.db"
+from workbench.tracking import RunTracker
+RunTracker(experiment="e", run_name="before", tracking_uri=uri).finish()
+try:  # fill the disk the store is on
+    with open(f"{mount}/filler", "wb") as f:
+        while True:
+            f.write(bytes(1 << 16))
+            f.flush()
+except OSError:
+    pass
+store = open(f"{mount}/m.db", "rb").read()
+out = {}
+for argv in (["train", "--steps", "2", "--experiment", "e", "-q"], ["sweep", sys.argv[3]]):
+    try:  # a refusal takes seconds; a run that starts trains for minutes (its SFT warm start first)
+        run = subprocess.run([sys.executable, "-m", "workbench.cli", *argv, "--tracking-uri", uri], cwd=work,
+                             capture_output=True, text=True, timeout=180)
+        out[argv[0]] = {"code": run.returncode, "stdout": run.stdout, "stderr": run.stderr}
+    except subprocess.TimeoutExpired as e:
+        out[argv[0]] = {"code": "still running after 180 s", "stdout": str(e.stdout), "stderr": str(e.stderr)}
+out["runs"] = sqlite3.connect(f"file:{mount}/m.db?mode=ro", uri=True).execute(
+    "select name, status from runs").fetchall()
+out["unchanged"] = open(f"{mount}/m.db", "rb").read() == store
+out["files"] = sorted(os.listdir(mount))
+print(json.dumps(out))
+"""
+
+
+def _private_mounts() -> str | None:
+    """Why a tmpfs cannot be mounted in a mount namespace of a test's own here, or None."""
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"unshare --mount refused: {probe.stderr.strip()}"
+
+
+@pytest.mark.skipif(_private_mounts() is not None, reason=f"no tmpfs of the test's own: {_private_mounts()}")
+def test_a_store_already_full_when_a_run_starts_is_one_line_and_leaves_no_running_run(tmp_path):
+    """The store's disk is a 4 MB tmpfs, full, in a mount namespace of the test's own (gone with it)."""
+    mount, work = tmp_path / "full", tmp_path / "work"
+    mount.mkdir()
+    work.mkdir()
+    study = work / "s.yaml"
+    study.write_text("name: s\nbase:\n  steps: 2\n  model:\n    name: micro-0.5m\nsampler: grid\nspace:\n  eps_neg_up: [0.1]\n")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _FULL_STORE,
+                          str(mount), str(work), str(study)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for command in ("train", "sweep"):
+        lines = got[command]["stderr"].strip().splitlines()
+        assert got[command]["code"] == 2, got[command]
+        assert len(lines) == 1 and re.fullmatch(
+            rf"error: --tracking-uri: the disk holding {re.escape(str(mount))}/m.db is full \(\d+ KiB free, a run "
+            r"needs 1024 KiB to start\); free space there or give a store on another disk", lines[0]), got[command]
+    assert got["runs"] == [["before", "FINISHED"]]  # no run opened, none left RUNNING
+    assert got["unchanged"] and got["files"] == ["filler", "m.db", "m.db.lock"]
+    assert sorted(p.name for p in work.iterdir()) == ["s.yaml"]  # nothing written where the commands ran
+
+
+# --- what counts as an outage of the tracking server --------------------------------------------------------
+
+
+def test_only_a_lost_server_is_an_outage_and_a_long_one_is_one_line_after_the_patience(monkeypatch, capsys):
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    from workbench.tracking import outage
+
+    def wrapped(inner: BaseException) -> MlflowException:  # how MLflow's http_request reports a failure
+        try:
+            raise inner
+        except BaseException as e:
+            try:
+                raise MlflowException(f"API request to http://h/api failed with exception {e}")
+            except MlflowException as outer:
+                return outer
+
+    assert outage.is_outage(wrapped(requests.exceptions.ConnectionError("[Errno 111] Connection refused")))
+    assert outage.is_outage(wrapped(requests.exceptions.RetryError("too many 503 error responses")))
+    assert outage.is_outage(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
+    assert not outage.is_outage(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}))
+    assert not outage.is_outage(RestException({"error_code": "UNAUTHENTICATED", "message": "login"}))
+    # MLflow's own client failing (its telemetry thread racing a request) is a bug, not a lost server
+    assert not outage.is_outage(wrapped(KeyError("_MLFLOW_TELEMETRY_SESSION_ID")))
+
+    calls = []
+
+    def refused():
+        calls.append(time.monotonic())
+        raise wrapped(requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
+
+    monkeypatch.setenv("DISPO_OUTAGE_S", "2")
+    t0 = time.monotonic()
+    with pytest.raises(outage.TrackingUnavailable) as e:
+        outage.wait_out(refused, "log_batch", "http://127.0.0.1:9")
+    assert 1.0 < time.monotonic() - t0 < 4 and len(calls) >= 3  # retried with backoff, given up on time
+    assert str(e.value) == ("the MLflow server http://127.0.0.1:9 was unreachable for 2 s during log_batch "
+                            "(connection refused); this process stops; run the same command again when the server "
+                            "is back (dispo-wb services status), or raise DISPO_OUTAGE_S")
+    assert capsys.readouterr().err.count("warning: the MLflow server http://127.0.0.1:9 does not answer") == 1
+    with pytest.raises(RestException):  # not an outage: at once
+        outage.wait_out(lambda: (_ for _ in ()).throw(RestException({"error_code": "BAD_REQUEST"})), "x", "u")
+
+
+def test_the_workbench_turns_mlflows_own_retries_and_telemetry_off_unless_the_user_set_them(tmp_path):
+    code = ("import os\nfrom workbench.tracking import resolve_tracking_uri\nresolve_tracking_uri('http://h:1')\n"
+            "print([os.environ.get(k) for k in ('MLFLOW_DISABLE_TELEMETRY', 'MLFLOW_HTTP_REQUEST_MAX_RETRIES', "
+            "'MLFLOW_HTTP_REQUEST_TIMEOUT')])")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DISPO_"))}
+    base["PYTHONPATH"] = str(ROOT)
+    run = lambda **env: subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,  # noqa: E731
+                                       env={**base, **env}).stdout.strip()
+    assert run() == "['true', '1', '60']"
+    assert run(DISPO_OUTAGE_S="10") == "['true', '1', '30']" and run(DISPO_OUTAGE_S="600") == "['true', '1', '120']"
+    assert run(MLFLOW_DISABLE_TELEMETRY="false", MLFLOW_HTTP_REQUEST_MAX_RETRIES="3") == "['false', '3', '60']"

@@ -74,3 +74,11 @@ def test_bootstrap_is_deterministic_and_tells_a_flat_ranking_from_a_clear_one():
     noise = [r._replace(value=float(rng.normal())) for r in rows]
     _, first = clip_space.bootstrap_importances(noise, 12)
     assert max(first.values()) < 0.9
+
+
+def test_large_studies_get_fewer_bootstrap_resamples_and_say_how_many():
+    assert [clip_space.resamples_for(n) for n in (16, 200, 201, 400, 1000, 100_000)] == [30, 30, 29, 15, 8, 8]
+    assert clip_space.resamples_for(1000, 0) == 0 and clip_space.resamples_for(16, 12) == 12
+    info = clip_space.importance_info(grid_study(), resamples=12)
+    assert info.resamples == 12
+    assert "over 12 bootstrap resamples" in clip_space.plot_importance(info).layout.title.text

@@ -8,8 +8,9 @@ MLflow server's login. No traffic leaves loopback and the namespaces the test ma
 
 Where the kernel refuses namespaces (no root, a container without CAP_NET_ADMIN) the tests skip
 with one line, except under CI=true, where that is a failure. Namespaces, links and the stack are
-removed by the fixture's finaliser, by an atexit hook and on SIGTERM / SIGINT, and a later run
-removes what a SIGKILLed one left (names carry the owning pid).
+removed by the fixture's finaliser, by an atexit hook and on SIGTERM / SIGINT, and, when the test
+run is killed with SIGKILL, by a reaper process waiting for it (tests/stack_reaper.py); a later
+run still removes anything left (names carry the owning pid).
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def lan():
 
     atexit.register(teardown)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGKILL runs none of the above: a process of its own then stops the stack and removes the network.
+    guard = ss.reaper(folder, tmp, netns=tuple(net.namespaces), links=(net.bridge,))
     try:
         net.open()
         try:
@@ -168,6 +171,7 @@ def lan():
         yield net, stack
     finally:
         teardown()
+        ss.end_reaper(guard)
         atexit.unregister(teardown)
         for s, h in previous.items():
             signal.signal(s, h)

@@ -10,6 +10,7 @@ what costs time is process start-up and the heartbeat grace period.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -256,3 +257,59 @@ def test_the_storage_waits_out_a_short_outage_and_names_a_long_one_in_one_line(m
         msg = str(e.value)
         assert "\n" not in msg and f"the Optuna storage {pg.storage_url} was unreachable for 3 s" in msg
         assert "connection" in msg.lower() and ss.password(pg) not in msg
+
+
+def _stack_processes(folder: Path, session: int) -> list[str]:
+    """Live processes of the stack in `folder`: its postgres processes (their data folder is under
+    `folder` in the command line, or their parent is the postmaster) and the MLflow server's session."""
+    postmaster = None
+    pidfile = folder / "pg" / "postmaster.pid"
+    if pidfile.exists():
+        postmaster = int(pidfile.read_text().split()[0])
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        state, ppid, sid = fields[0], int(fields[1]), int(fields[4])
+        if state in ("Z", "X"):
+            continue
+        if str(folder) in cmd or sid == session or int(proc.name) == postmaster or ppid == postmaster:
+            found.append(f"{proc.name} {cmd[:150]}")
+    return found
+
+
+def test_a_test_run_killed_from_outside_leaves_no_stack_running(tmp_path):
+    """A stand-in for a test run (a python that starts a stack the way the tests do) is SIGKILLed:
+    no finaliser, atexit hook or signal handler runs, yet its PostgreSQL and MLflow server stop."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\nfrom tests import services_stack as ss\n"
+                              "with ss.running_stack(use_ci=False) as s:\n"
+                              "    print(s.folder, flush=True)\n    time.sleep(3600)\n"],
+                             cwd=ss.REPO, stdout=subprocess.PIPE, text=True, env=ss.worker_env())
+    folder = None
+    try:
+        folder = Path(child.stdout.readline().strip())  # once both services answer
+        assert folder.name == "services", "the child did not start a stack"
+        stack = services.Stack.load(folder)
+        session = int((folder / "mlflow.pid").read_text())
+        assert services.status(folder) == {"postgresql": True, "mlflow": True}
+        assert len(_stack_processes(folder, session)) >= 3  # postmaster and its workers, the server
+        child.kill()
+        child.wait()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (_stack_processes(folder, session) or folder.parent.exists()):
+            time.sleep(0.5)
+        assert _stack_processes(folder, session) == []
+        assert not folder.parent.exists()  # the stack's folder went too
+        assert services.port_free(stack.host, stack.pg_port) and services.port_free(stack.host, stack.mlflow_port)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if folder is not None and (folder / "services.env").is_file():  # this test failed: leave nothing
+            services.down(folder)
+            shutil.rmtree(folder.parent, ignore_errors=True)

@@ -26,6 +26,23 @@ def disk_full(e: BaseException) -> bool:
     return False
 
 
+def full_reason(e: BaseException) -> str:
+    """The line of `e`'s chain that says the disk is full (SQLAlchemy puts its own note first), else `first_line(e)`."""
+    import errno
+
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return first_line(cur)
+        for line in str(cur).splitlines():
+            if "database or disk is full" in line or "No space left on device" in line:
+                return line.strip()
+        cur = cur.__cause__ or cur.__context__
+    return first_line(e)
+
+
 class UserError(ValueError):
     """A problem with what the user asked for: the CLI prints one line per problem and exits 2.
 

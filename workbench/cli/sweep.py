@@ -61,6 +61,9 @@ def run(
     except ConfigError as e:
         fail_user(e, prefix=f"{study}: ")
     try:
+        from workbench.tracking.location import check_writable_store
+
+        check_writable_store(tracking_uri)  # a store that cannot take a run (full, read-only) writes nothing
         hooks = ctx.find_object(SweepHooks)
         result = run_study(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, echo=typer.echo,
                            **({"train_fn": hooks.train_fn} if hooks else {}))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from workbench.cli.common import Command, DryRun, Quiet, Settings, TrackingUri, fail, fail_user
-from workbench.errors import UserError, disk_full, first_line
+from workbench.errors import UserError, disk_full, first_line, full_reason
 from workbench.names import FAILED, KILLED
 
 app = typer.Typer()
@@ -102,7 +102,7 @@ def train(
     except Exception as e:
         if not disk_full(e):
             raise
-        fail(f"disk full: {first_line(e)}", code=1)
+        fail(f"disk full: {full_reason(e)}", code=1)
     if result.status == FAILED:  # one line: which run, how far it got, why
         fail(f"run {result.run_id} failed after {result.steps_done} steps: {result.reason}", code=1)
     ev = ", ".join(f"{k} {v:.3f}" for k, v in result.final_eval.items())

@@ -215,9 +215,21 @@ class ImportanceInfo(NamedTuple):
     intervals: dict[str, tuple[float, float]] = {}  # 5-95% over bootstrap resamples of the trials
     first_share: dict[str, float] = {}  # share of resamples in which the parameter ranks first
     collapse: dict[str, float] = {}  # importances for collapsed-or-not (0/1) over the same trials; {} if none varies
+    resamples: int = 0  # bootstrap resamples behind `intervals` and `first_share`
 
 
 IMPORTANCE_RESAMPLES = 30  # one 16-tree fANOVA forest per resample
+# A forest's cost grows with the trials it is fitted on (about 1.5 s for 1,000 trials on one core):
+# the resamples together fit at most this many trials, so a 1,000-trial study's report stays
+# under a minute; 30 resamples up to 200 trials, never fewer than MIN_RESAMPLES.
+IMPORTANCE_WORK, MIN_RESAMPLES = 6000, 8
+
+
+def resamples_for(n_trials: int, wanted: int = IMPORTANCE_RESAMPLES) -> int:
+    """Bootstrap resamples for a study of `n_trials` trials: `wanted`, fewer for large studies (IMPORTANCE_WORK)."""
+    if wanted <= 0:
+        return 0
+    return min(wanted, max(MIN_RESAMPLES, IMPORTANCE_WORK // max(n_trials, 1)))
 
 
 class TrialRow(NamedTuple):
@@ -296,6 +308,8 @@ def bootstrap_importances(rows: Sequence[TrialRow], resamples: int = IMPORTANCE_
 def importance_info(study, resamples: int = IMPORTANCE_RESAMPLES) -> ImportanceInfo:
     """fANOVA parameter importances for the first objective, over COMPLETE and PRUNED trials.
 
+    `resamples` bootstrap resamples, fewer on a large study (`resamples_for`).
+
     fANOVA (Optuna's long-time default; needs scikit-learn, which MLflow installs) first:
     on a few dozen trials it separates parameters where PED-ANOVA, Optuna 5's default,
     often reports them all equal. Pruned trials count at their last reported value (see
@@ -317,9 +331,11 @@ def importance_info(study, resamples: int = IMPORTANCE_RESAMPLES) -> ImportanceI
     except (ImportError, RuntimeError) as e:  # no scikit-learn, or zero variance in every tree
         return ImportanceInfo(target_name, {}, len(rows), f"Optuna could not compute importances "
                               f"({type(e).__name__}: {e})", n_pruned, left_out)
+    resamples = resamples_for(len(rows), resamples)
     intervals, first = bootstrap_importances(rows, resamples) if resamples else ({}, {})
     collapse = fanova_importances(rows, "collapsed") if len({r.collapsed for r in rows}) > 1 else {}
-    return ImportanceInfo(target_name, imp, len(rows), None, n_pruned, left_out, intervals, first, collapse)
+    return ImportanceInfo(target_name, imp, len(rows), None, n_pruned, left_out, intervals, first, collapse,
+                          resamples)
 
 
 def _objective_names(study) -> list[str]:
@@ -343,7 +359,7 @@ def plot_importance(info: ImportanceInfo) -> go.Figure:
                              text=[f"{info.collapse.get(k, 0.0):.2f}" for k in names]))
     pruned = f", {info.n_pruned} of them pruned, at their last reported value" if info.n_pruned else ""
     left = f"; {info.n_left_out} pruned before reporting left out" if info.n_left_out else ""
-    boot = f"; bars: 5-95% over {IMPORTANCE_RESAMPLES} bootstrap resamples of the trials" if info.intervals else ""
+    boot = f"; bars: 5-95% over {info.resamples} bootstrap resamples of the trials" if info.intervals else ""
     fig.update_layout(height=160 + 50 * len(items), xaxis_title="importance (share of variance, fANOVA)",
                       barmode="group", title=f"Parameter importances for {info.target} ({info.n_trials} trials"
                                              f"{pruned}{left}){boot}")

@@ -239,6 +239,7 @@ def mlflow_start(stack: Stack, timeout_s: float = 600) -> None:
             # importing MLflow on a loaded machine misses it, and they died and restarted endlessly.
             "--uvicorn-opts", f"--timeout-worker-healthcheck {HEALTHCHECK_S}"]
     env = {**{k: v for k, v in os.environ.items() if k not in _LOGIN_ENV},
+           "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),  # see workbench.tracking
            "PGPASSFILE": str(stack.pgpass.resolve()), "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(MLFLOW_POOL),
            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(MLFLOW_OVERFLOW)}
     if stack.auth:
@@ -307,7 +308,13 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    # A server whose starter died (a killed `services up` or test) belongs to init; until init
+    # reaps it, it is a zombie, which kill(pid, 0) still finds: it has exited all the same.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 # --- the stack ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 import time
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 
 from workbench.services.credentials import redact
 from workbench.errors import UserError, first_line
+from workbench.tracking.outage import OUTAGE_ENV, mark_reached, outage_patience_s, was_reached
 
 _FIRST_WAIT_S, _MAX_WAIT_S = 0.5, 8.0
 
@@ -36,9 +38,7 @@ class StorageUnavailable(UserError):
     """The shared database stayed out of reach longer than this worker waits."""
 
 
-def outage_patience_s() -> float:
-    return float(os.environ.get("DISPO_OUTAGE_S", "60"))
-
+_OUTAGE_SINCE: dict[str, float] = {}  # per URL: when this process first saw the current outage
 
 # libpq's words for a server that is not there (any more); a wrong password or database is not an outage.
 _OUTAGE_WORDS = ("connection refused", "could not connect", "server closed the connection", "terminating connection",
@@ -78,14 +78,21 @@ def with_backoff(fn: Callable[[], Any], what: str, url: str, patience_s: float |
     deadline, wait, retried = time.monotonic() + patience_s, _FIRST_WAIT_S, False
     while True:
         try:
-            return fn()
+            value = fn()
         except optuna.exceptions.UpdateFinishedTrialError:
             if retried:  # the write landed before the connection broke
+                _back(url)
                 return None
             raise
         except Exception as e:  # noqa: BLE001 - only outages are retried, the rest re-raised
             if not _is_outage(e):
                 raise
+            if url not in _OUTAGE_SINCE and was_reached(url):  # said once per outage and process, at once
+                _OUTAGE_SINCE[url] = time.monotonic()
+                cause = e.__cause__ or e
+                print(f"warning: the Optuna storage {redact(url)} does not answer during {what} "
+                      f"({redact(first_line(getattr(cause, 'orig', None) or cause))}); waiting up to "
+                      f"{patience_s:.0f} s ({OUTAGE_ENV}) [pid {os.getpid()}]", file=sys.stderr, flush=True)
             if time.monotonic() + wait > deadline:
                 cause = e.__cause__ or e
                 raise StorageUnavailable(
@@ -95,6 +102,18 @@ def with_backoff(fn: Callable[[], Any], what: str, url: str, patience_s: float |
                     "database is back") from None
             time.sleep(wait * (0.5 + random.random()))
             wait, retried = min(wait * 2, _MAX_WAIT_S), True
+            continue
+        _back(url)
+        return value
+
+
+def _back(url: str) -> None:
+    """After a call that got through: the storage counts as reached (a later miss is an outage, not a typo)."""
+    mark_reached(url)
+    began = _OUTAGE_SINCE.pop(url, None)
+    if began is not None:
+        print(f"the Optuna storage {redact(url)} answers again after {time.monotonic() - began:.0f} s "
+              f"[pid {os.getpid()}]", file=sys.stderr, flush=True)
 
 
 def _retrying(name: str) -> Callable:

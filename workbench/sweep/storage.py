@@ -217,8 +217,13 @@ def _never_beaten(ostudy: optuna.Study) -> list[int]:
     query = sa.text("select t.trial_id from trials t left join trial_heartbeats h on h.trial_id = t.trial_id "
                     "where t.study_id = :study and t.state = 'RUNNING' and h.trial_id is null "
                     "and t.datetime_start < :cutoff")
-    with rdb.engine.connect() as conn:
-        return [row[0] for row in conn.execute(query, {"study": ostudy._study_id, "cutoff": cutoff})]
+
+    def stale() -> list[int]:
+        with rdb.engine.connect() as conn:
+            return [row[0] for row in conn.execute(query, {"study": ostudy._study_id, "cutoff": cutoff})]
+
+    # Beside Optuna's calls, so beside their outage wrapper: a database restart must not end the worker.
+    return shared_storage.with_backoff(stale, "finding trials without a heartbeat", rdb.url)
 
 
 def fail_running(study: optuna.Study) -> None:

@@ -16,6 +16,15 @@ The names below are the package's surface: `from workbench.tracking import X` an
 
 from __future__ import annotations
 
+import os
+
+# MLflow's usage telemetry: a thread that fetches its config from the internet and, when that
+# fails (no network, as on many lab hosts), removes an environment variable while requests on
+# other threads read the environment: their calls then failed with KeyError
+# ('_MLFLOW_TELEMETRY_SESSION_ID'), 27 times in a 1,000-trial sweep (benchmarks/sweep_load.py).
+# Off before mlflow is imported (only this package imports it), unless the user says otherwise.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 from workbench.tracking.child import ChildTracker
 from workbench.tracking.location import DEFAULT_TRACKING_URI, first_use_lock, resolve_tracking_uri
 from workbench.tracking.histories import load_histories

@@ -96,6 +96,8 @@ def server_metric_rows(client, runs: list[RunRecord]) -> list[tuple]:
     """
     from mlflow.utils.rest_utils import http_request
 
+    from workbench.tracking.outage import wait_out
+
     creds = client._tracking_client.store.get_host_creds()  # no public accessor; MLflow's own REST helper
     by_key: dict[str, list[str]] = {}
     for r in runs:
@@ -104,9 +106,13 @@ def server_metric_rows(client, runs: list[RunRecord]) -> list[tuple]:
 
     def fetch(job: tuple[str, list[str]]) -> list[tuple]:
         key, ids = job
-        resp = http_request(creds, "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET",
-                            params={"run_id": ids, "metric_key": key, "max_results": _BULK_MAX_POINTS})
-        resp.raise_for_status()
+        def get():
+            resp = http_request(creds, "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET",
+                                params={"run_id": ids, "metric_key": key, "max_results": _BULK_MAX_POINTS})
+            resp.raise_for_status()
+            return resp
+
+        resp = wait_out(get, "get-history-bulk", creds.host)
         points = resp.json().get("metrics", [])
         if len(points) >= _BULK_MAX_POINTS and len(ids) > 1:
             half = len(ids) // 2

@@ -16,6 +16,7 @@ from typing import Iterator
 
 from workbench.config import DEFAULT_TRACKING_URI
 from workbench.errors import UserError
+from workbench.tracking.outage import bound_mlflow_retries, is_server, mark_reached, wait_out, was_reached
 
 _SQLITE = "sqlite:///"
 
@@ -29,8 +30,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     from workbench.services.credentials import login_from_file, take_password
 
     resolved = take_password(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    if resolved.startswith(("http://", "https://")):
+    if is_server(resolved):
         login_from_file()
+        bound_mlflow_retries()
     return resolved
 
 
@@ -44,14 +46,29 @@ def sqlite_path(uri: str) -> Path | None:
 PROBE_S = 5.0  # how long a tracking server may take to answer /health before it counts as unreachable
 
 
+class _NoAnswer(UserError):
+    """No MLflow server answered the probe."""
+
+
 def probe_server(uri: str, flag: str = "--tracking-uri") -> None:
     """A UserError within seconds when no MLflow server answers at `uri` (http/https; others: no-op).
 
     MLflow's own client retries an unreachable server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
     backoff) before it says so; one GET of the server's unauthenticated /health answers at once.
+    A server this process (or the one that started it: a sweep's workers and trainers) reached
+    before is down for now, not mistyped: then the probe waits it out (workbench.tracking.outage).
     """
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return
+    if was_reached(uri):
+        wait_out(lambda: _probe_once(uri, flag), "reaching the server", uri,
+                 outage=lambda e: isinstance(e, _NoAnswer))
+    else:
+        _probe_once(uri, flag)
+    mark_reached(uri)
+
+
+def _probe_once(uri: str, flag: str) -> None:
     import urllib.error
     import urllib.request
 
@@ -67,7 +84,7 @@ def probe_server(uri: str, flag: str = "--tracking-uri") -> None:
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         why = getattr(reason, "strerror", None) or str(reason) or type(e).__name__
-    raise UserError(f"{flag}: no MLflow server answers at {redact(uri)} ({why}); start it "
+    raise _NoAnswer(f"{flag}: no MLflow server answers at {redact(uri)} ({why}); start it "
                     "(dispo-wb services up) or give the right address")
 
 
@@ -87,6 +104,7 @@ def check_writable_store(uri: str | None, flag: str = "--tracking-uri") -> str:
             raise UserError(f"{flag}: {path} is not a file; a SQLite store is a file (sqlite:///PATH/mlflow.db)")
         if not os.access(path, os.R_OK | os.W_OK):
             raise UserError(f"{flag}: {path} is not writable; give a store file this user can write")
+        _check_room(path, flag)
         return resolved
     folder = path.parent
     if not folder.exists():
@@ -100,7 +118,29 @@ def check_writable_store(uri: str | None, flag: str = "--tracking-uri") -> str:
                         "give a path in an existing folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{flag}: folder {folder} is not writable; give a store in a folder this user can write")
+    _check_room(path, flag)
     return resolved
+
+
+MIN_FREE_BYTES = 1 << 20  # opening a run writes its experiment, run, tags, ~150 params and SQLite's journal
+
+
+def _check_room(path: Path, flag: str) -> None:
+    """A UserError when the disk holding the SQLite store `path` is already (nearly) full.
+
+    Then MLflow's first write fails inside the store, which logs its own traceback, and a run
+    can be left RUNNING when its row fits but its params do not; refusing first writes nothing.
+    A disk that fills during a run ends the run FAILED (workbench.train.trainer).
+    """
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise UserError(f"{flag}: the disk holding {path} is full ({free // 1024} KiB free, a run needs "
+                        f"{MIN_FREE_BYTES // 1024} KiB to start); free space there or give a store on another disk")
 
 
 @contextmanager

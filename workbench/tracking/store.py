@@ -12,6 +12,7 @@ from typing import Any
 
 from workbench.names import TAG_EXPERIMENT_KIND
 from workbench.tracking.location import first_use_lock, probe_server, resolve_tracking_uri
+from workbench.tracking.outage import PatientClient, is_server
 
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 MAX_PARAM_LEN = 6000
@@ -28,21 +29,28 @@ def open_client(uri: str | None):
 
     from mlflow import MlflowClient
 
-    # A fresh SQLite store announces its migrations at INFO; runs need none of it.
-    for name in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # A fresh SQLite store announces its migrations at INFO; runs need none of it. MLflow also logs
+    # the traceback of a failed store write (a full disk) before raising it: the exception is
+    # ours to report, in one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     resolved = resolve_tracking_uri(uri)
     if resolved in _OPENED:
-        return MlflowClient(tracking_uri=resolved)
+        return _patient(MlflowClient(tracking_uri=resolved), resolved)
     # A server that does not answer is one line now, not MLflow's minutes of retries.
     probe_server(resolved)
     # The first use of a store in this process opens it, and a new SQLite store gets its schema
     # then: under a file lock, so that runs started at once cannot race MLflow's migrations.
     with first_use_lock(resolved):
-        client = MlflowClient(tracking_uri=resolved)
+        client = _patient(MlflowClient(tracking_uri=resolved), resolved)
         client.search_experiments(max_results=1)
     _OPENED.add(resolved)
     return client
+
+
+def _patient(client, uri: str):
+    """A server's client waits out the server's outages (workbench.tracking.outage); a file store's is as is."""
+    return PatientClient(client, uri) if is_server(uri) else client
 
 
 def connect(uri: str | None = None) -> None:

@@ -47,7 +47,7 @@ from workbench.core.advantages import group_advantages, overlong_penalty, zero_a
 from workbench.train.batching import PackedBatch, pack, response_logp, response_logp_chunked
 from workbench.metrics.collapse import detect_collapse
 from workbench.config import RunConfig, dump_yaml, flatten
-from workbench.errors import UserError, disk_full, first_line
+from workbench.errors import UserError, disk_full, first_line, full_reason
 from workbench.train.evaluation import evaluate
 from workbench.metrics.responses import response_metrics
 from workbench.models.policy import build_prompt, is_micro, select_device
@@ -183,7 +183,7 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
             tracker.finish(FAILED, f"{type(e).__name__}: {e}")
             raise
         # The store may be on the full disk too: end the run FAILED where it still accepts it.
-        reason = f"disk full: {first_line(e)}"
+        reason = f"disk full: {full_reason(e)}"
         try:
             tracker.finish(FAILED, reason)
         except Exception as store_error:  # noqa: BLE001 - `dispo-wb runs clean` marks it later
