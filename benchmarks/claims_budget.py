@@ -3,6 +3,17 @@
     python benchmarks/claims_budget.py                      # studies/claims.yaml's base (30 steps), 2 pairs
     python benchmarks/claims_budget.py --steps 4 --pairs 1  # a quick figure: 4 steps, projected to the base's
     python benchmarks/claims_budget.py --steps 4 --sft-steps 200   # ... from a warm start cut to 200 SFT steps
+    python benchmarks/claims_budget.py --before 2d90519            # the study as it was at a commit, and as it is
+
+`--before REF` times the claims study as a researcher pays for it, then and now: one seed run of the
+base arm of `studies/claims.yaml` as it stood at the commit REF, run by that commit's code (a git
+worktree of it, in a temporary folder), against the same of this tree, through `dispo-wb train
+--config` (the study file's `base:` block, seed 0, 1 thread, a SQLite store of its own). The run
+configs differ as the study files do (model, steps, prompts, held-out set): that is the point, what
+a paired seed of the study costs. Each tree's warm start is built first, untimed; then runs
+alternate (before, after, after, before, ...), `--pairs` of them, wall time of the whole command.
+`--config before` runs both trees on the study file as it stood at REF (the code's own speed-up,
+at the old budget); `--config now` both on this tree's, where the old code accepts it.
 
 Each run is studies/claims.yaml's base arm at seed 0 (its SFT warm start is built first if
 missing, not timed), in a process of its own, with `rollout.old_logp` set to `recompute` (before)
@@ -86,14 +97,92 @@ def child(mode: str, steps: int | None, threads: int, sft_steps: int | None) -> 
             "vm_hwm_mb": _vm_hwm_mb()}
 
 
+def _study_at(tree: Path) -> tuple[dict, int, int]:
+    """(the base run config, arms, seeds) of studies/claims.yaml in `tree`, read as plain YAML."""
+    import yaml
+
+    doc = yaml.safe_load((tree / "studies" / "claims.yaml").read_text())
+    seeds = doc["seeds"]
+    n_seeds = (max(seeds["looks"]) if isinstance(seeds, dict) and "looks" in seeds
+               else seeds.get("count", 0) if isinstance(seeds, dict) else len(seeds) if isinstance(seeds, list) else seeds)
+    return doc["base"], len(doc["space"]["arm"]), n_seeds
+
+
+def _train_s(tree: Path, config: Path, work: Path, steps: int | None = None) -> float:
+    """Wall seconds of `dispo-wb train --config` run by the code in `tree`, in a fresh store under `work`."""
+    import shutil
+
+    store = work / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    main = ("try:\n from workbench.cli.app import app\nexcept ImportError:\n from workbench.cli import app\napp()")
+    cmd = [sys.executable, "-c", main, "train", "--config", str(config),
+           "--seed", "0", "--threads", "1", "-q", "--tracking-uri", f"sqlite:///{store}/mlflow.db",
+           "--set", f"sft.cache_dir={ROOT / '.cache' / ('sft-' + work.name.split('-')[0])}", "--set", "checkpoint_every=1000000"]
+    if steps is not None:
+        cmd += ["--steps", str(steps)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=store, env=env)
+    if out.returncode != 0:
+        sys.exit(f"train at {tree} failed:\n{out.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def before_after(ref: str, pairs: int, which: str = "own") -> None:
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "tree-before"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(old), ref], check=True)
+        try:
+            trees = {"before": old, "now": ROOT}
+            studies, configs = {}, {}
+            for name, tree in trees.items():
+                base, arms, seeds = _study_at(tree if which == "own" else trees[which])
+                studies[name] = (base, arms, seeds)
+                configs[name] = Path(tmp) / f"{name}.yaml"
+                configs[name].write_text(yaml.safe_dump(base))
+                work = Path(tmp) / f"{name}-{which}"
+                work.mkdir()
+                print(f"{name:>6} ({ref if name == 'before' else 'this tree'}, study file of {which}): {base['model']['name']}, {base['steps']} "
+                      f"steps, {arms} arms x {seeds} seeds; warm start: {_train_s(tree, configs[name], work, 1):.0f} s "
+                      f"(untimed run of 1 step)", flush=True)
+            times: dict[str, list[float]] = {"before": [], "now": []}
+            for i in range(pairs):
+                for name in (("before", "now") if i % 2 == 0 else ("now", "before")):
+                    load = os.getloadavg()[0]
+                    times[name].append(_train_s(trees[name], configs[name], Path(tmp) / f"{name}-{which}"))
+                    print(f"pair {i + 1} {name:>6}: {times[name][-1]:6.1f} s per seed run; load {load:.2f} -> "
+                          f"{os.getloadavg()[0]:.2f}", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
+    med = {}
+    for name in ("before", "now"):
+        _, arms, seeds = studies[name]
+        med[name] = statistics.median(times[name])
+        per_seed = arms * med[name]
+        print(f"{name:>6}: {med[name]:6.1f} s per run (median of {pairs}), {per_seed / 60:5.1f} min per paired seed "
+              f"({arms} arms); {arms * seeds} runs: {arms * seeds * med[name] / 3600:4.2f} h at 1 worker, "
+              f">= {arms * seeds * med[name] / 2 / 3600:4.2f} h at 2")
+    ratio = (studies["now"][1] * med["now"]) / (studies["before"][1] * med["before"])
+    print(f"seconds per paired seed, now / before: {ratio:.3f}x; load now {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default: the study's); projected to the study's")
     ap.add_argument("--pairs", type=int, default=2, help="alternated pairs of runs (recompute, auto)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--sft-steps", type=int, default=None, help="warm start cut to this many SFT steps (default: the study's)")
+    ap.add_argument("--before", metavar="REF", help="time the claims study at commit REF against this tree's")
+    ap.add_argument("--config", choices=("own", "before", "now"), default="own",
+                    help="with --before: each tree's own study file (default), or both on one of them")
     ap.add_argument("--child", choices=(*MODES, "warm"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.before:
+        before_after(args.before, args.pairs, args.config)
+        return
     if args.child == "warm":
         import torch
 
