@@ -6,7 +6,9 @@ rises over the steps. Tracked like the real trainer: one MLflow run through
 - `eps_neg_up < 0.05` flags a repetition collapse at step 2 (docs/design.md#regimes-and-bounds: too tight -> collapse);
 - `eps_pos_down == 0.66` makes the process exit with code 3 (a crash the sweep must contain);
 - `run_name: "fake:sleep=0.5,crash_once=PATH"`: sleep seconds per step (kill tests, timings);
-  the first run to find PATH missing creates it and exits 3. Knobs ride in the config, not in
+  the first run to find PATH missing creates it and exits 3; `hold=NAME`: before ending its run,
+  wait (up to 10 minutes) until a file NAME exists in the working folder (a host's own folder in
+  the services tests), so a test decides when a host's trial ends. Knobs ride in the config, not in
   the environment, because training processes fork from a server started before a test runs.
 """
 
@@ -68,6 +70,10 @@ def train(config: RunConfig, *, tracking_uri: str | None = None, parent_run_id: 
                 break
         if collapse_step is not None and step == collapse_step:
             tracker.set_tags({"collapse": "repetition", "collapse_step": str(step)})
+    if knobs.get("hold"):
+        deadline = time.monotonic() + 600
+        while not Path(knobs["hold"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
     tracker.finish("FINISHED")
     return FakeResult(run_id=tracker.run_id, status=status, steps_done=step, wall_s=time.perf_counter() - t0,
                       final_eval=last, best_eval=best, collapse="repetition" if collapse_step is not None else None,

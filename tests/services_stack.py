@@ -134,10 +134,12 @@ def storage_with_password(stack: services.Stack) -> str:
     return f"postgresql://{services.ROLE}:{password(stack)}@{stack.host}:{stack.pg_port}/optuna"
 
 
-def write_study(folder: Path, name: str, space: dict, sleep: float = 0.3, steps: int = 4) -> Path:
-    """A study of the fake trainer (tests/fake_trainer.py) sleeping `sleep` s a step."""
+def write_study(folder: Path, name: str, space: dict, sleep: float = 0.3, steps: int = 4, hold: str = "") -> Path:
+    """A study of the fake trainer (tests/fake_trainer.py) sleeping `sleep` s a step; with `hold`, each run
+    ends only once a file of that name exists in its host's working folder."""
+    knobs = f"sleep={sleep}" + (f",hold={hold}" if hold else "")
     data = {"name": name, "base": {"experiment": f"exp-{name}", "steps": steps, "model": {"name": "micro-0.5m"},
-                                   "eval": {"every": 2}, "run_name": f"fake:sleep={sleep}"},
+                                   "eval": {"every": 2}, "run_name": f"fake:{knobs}"},
             "space": space, "sampler": "grid", "pruner": "none", "workers": 1}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -150,9 +150,12 @@ def test_three_hosts_share_only_the_urls_and_a_sigkilled_worker_is_retried_witho
 def test_a_host_that_stops_early_leaves_the_shared_study_run_to_the_last_host(stack, tmp_path):
     """The study's MLflow run is not closed by a host that stops while another still runs a trial."""
     name = f"last-{uuid.uuid4().hex[:8]}"
-    # six ~11 s trials: host 0 is still inside one when host 1, started with it, is in its first
-    study = ss.write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2, 0.4], "eps_pos_up": [0.2, 1.0]}, sleep=1.0,
-                           steps=10)
+    # ~11 s trials; host 1's runs end only once the test writes host1/release, so host 1 is still
+    # inside a trial when host 0 stops, however slowly either starts under load
+    study = ss.write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2], "eps_pos_up": [0.2, 1.0]}, sleep=1.0,
+                           steps=10, hold="release")
+    (tmp_path / "host0").mkdir()
+    (tmp_path / "host0" / "release").touch()
     hosts = [start_worker(tmp_path / f"host{i}", study, stack.storage_url, stack.tracking_uri,
                           PGPASSWORD=ss.password(stack)) for i in range(2)]
     deadline = time.monotonic() + 300
@@ -171,9 +174,10 @@ def test_a_host_that_stops_early_leaves_the_shared_study_run_to_the_last_host(st
     exp = client.get_experiment_by_name(f"exp-{name}")
     (parent,) = client.search_runs([exp.experiment_id], "tags.`dispo.kind` = 'study'")
     out0 = (tmp_path / "host0" / "out.log").read_text()
-    assert hosts[1].poll() is None, "host 1 ended before the check: make its trials longer"
+    assert hosts[1].poll() is None, (tmp_path / "host1" / "err.log").read_text()[-2000:]
     assert parent.info.status == "RUNNING", out0
     assert "other hosts still run trials of" in out0
+    (tmp_path / "host1" / "release").touch()
     assert hosts[1].wait(timeout=300) == 0, (tmp_path / "host1" / "err.log").read_text()[-2000:]
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["dispo.complete"] == "true"
