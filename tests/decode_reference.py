@@ -13,9 +13,9 @@ import inspect
 
 import torch
 from transformers import DynamicCache
-from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from workbench.rollout.base import Rollouts, Sampling, encode_prompts
+from workbench.rollout.hf import logits_warpers
 
 
 @torch.no_grad()
@@ -41,11 +41,7 @@ def reference_decode_chunk(model, tok, chunk: list[list[int]], sampling: Samplin
     attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     greedy = sampling.temperature == 0
-    warp = LogitsProcessorList()
-    if not greedy and sampling.temperature != 1.0:
-        warp.append(TemperatureLogitsWarper(sampling.temperature))
-    if not greedy and sampling.top_p < 1.0:
-        warp.append(TopPLogitsWarper(sampling.top_p))
+    warp = logits_warpers(sampling)
     responses: list[list[int]] = [[] for _ in chunk]
     logps: list[list[float]] = [[] for _ in chunk]
     alive = torch.arange(len(chunk), device=device)  # chunk row of each batch row still decoding

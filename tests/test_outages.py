@@ -71,30 +71,27 @@ def _trials(stack, name: str) -> list[optuna.trial.FrozenTrial]:
         storage.engine.dispose()
 
 
-def _points(stack, name: str) -> list[tuple]:
-    """Every metric point of the study's experiment: (run, kind of run, key, step, value), read with SQL."""
+def _rows(stack, query: str, name: str) -> list[tuple]:
+    """The rows of `query` (its %s: the study's experiment), read with SQL from the stack's MLflow database."""
     import psycopg
 
     with psycopg.connect(host=stack.host, port=stack.pg_port, user=services.ROLE, dbname="mlflow",
                          password=ss.password(stack)) as conn:
-        return conn.execute(
-            "select m.run_uuid, coalesce(t.value, ''), m.key, m.step, m.value from metrics m "
-            "join runs r on r.run_uuid = m.run_uuid join experiments e on e.experiment_id = r.experiment_id "
-            "left join tags t on t.run_uuid = r.run_uuid and t.key = 'dispo.kind' where e.name = %s",
-            (f"exp-{name}",)).fetchall()
+        return conn.execute(query, (f"exp-{name}",)).fetchall()
+
+
+def _points(stack, name: str) -> list[tuple]:
+    """Every metric point of the study's experiment: (run, kind of run, key, step, value)."""
+    return _rows(stack, "select m.run_uuid, coalesce(t.value, ''), m.key, m.step, m.value from metrics m "
+                 "join runs r on r.run_uuid = m.run_uuid join experiments e on e.experiment_id = r.experiment_id "
+                 "left join tags t on t.run_uuid = r.run_uuid and t.key = 'dispo.kind' where e.name = %s", name)
 
 
 def _runs(stack, name: str) -> list[tuple]:
-    """(run, kind, status) of every run of the study's experiment, read with SQL."""
-    import psycopg
-
-    with psycopg.connect(host=stack.host, port=stack.pg_port, user=services.ROLE, dbname="mlflow",
-                         password=ss.password(stack)) as conn:
-        return conn.execute(
-            "select r.run_uuid, coalesce(t.value, ''), r.status from runs r "
-            "join experiments e on e.experiment_id = r.experiment_id "
-            "left join tags t on t.run_uuid = r.run_uuid and t.key = 'dispo.kind' where e.name = %s",
-            (f"exp-{name}",)).fetchall()
+    """(run, kind, status) of every run of the study's experiment."""
+    return _rows(stack, "select r.run_uuid, coalesce(t.value, ''), r.status from runs r "
+                 "join experiments e on e.experiment_id = r.experiment_id "
+                 "left join tags t on t.run_uuid = r.run_uuid and t.key = 'dispo.kind' where e.name = %s", name)
 
 
 class Sweep:

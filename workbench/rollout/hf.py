@@ -47,6 +47,16 @@ COMPACT_AT = 0.25
 FAST_STEP = True
 
 
+def logits_warpers(sampling: Sampling) -> LogitsProcessorList:
+    """transformers' warpers for the sampling: temperature, then top-p (none for greedy decoding)."""
+    warp = LogitsProcessorList()
+    if sampling.temperature != 0 and sampling.temperature != 1.0:
+        warp.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.temperature != 0 and sampling.top_p < 1.0:
+        warp.append(TopPLogitsWarper(sampling.top_p))
+    return warp
+
+
 class HFBackend:
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device | str = "cpu", chunk_size: int = 512,
                  decode: str = "loop"):
@@ -128,11 +138,7 @@ class HFBackend:
         attention[:, :width] = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=dev)
         positions = (attention[:, :width].cumsum(dim=1) - 1).clamp(min=0)
         greedy = sampling.temperature == 0
-        warp = LogitsProcessorList()
-        if not greedy and sampling.temperature != 1.0:
-            warp.append(TemperatureLogitsWarper(sampling.temperature))
-        if not greedy and sampling.top_p < 1.0:
-            warp.append(TopPLogitsWarper(sampling.top_p))
+        warp = logits_warpers(sampling)
         tokens = torch.full((len(chunk), steps), pad, dtype=torch.long, device=dev)
         logps = torch.zeros(len(chunk), steps, device=dev) if sampling.logprobs else None
         lengths = torch.full((len(chunk),), steps, dtype=torch.long, device=dev)
