@@ -10,8 +10,10 @@ under the study lock, so no two hosts take the last slot.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from workbench.errors import UserError
 from workbench.sweep import shared_db as shared_storage
 from workbench.train.results import TrainFn
 from workbench.sweep.study_file import Study
@@ -79,11 +82,28 @@ class _LocalBudget:
 
 def _worker_main(spec: WorkerSpec, index: int, tokens, parent_pid: int) -> None:
     die_with_parent(parent_pid)
-    _worker_loop(spec, index, tokens)
+    try:
+        _worker_loop(spec, index, tokens)
+    except UserError as e:  # e.g. a service out of reach for longer than DISPO_OUTAGE_S: one line, no traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for a UserError (a service out of reach, bad input) the
+    error's own line says it all, so the traceback is dropped (a bug keeps its traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info = None
+        return True
 
 
 def _worker_loop(spec: WorkerSpec, index: int, tokens) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
+            handler.addFilter(_NoTracebackForUserErrors())
     ostudy = open_study(spec.study, spec.storage)
     if spec.study.sampler != "grid":  # the grid must be ordered alike in every worker: its cells are indices
         ostudy.sampler = make_sampler(spec.study, salt=index * 7919 + len(ostudy.trials))
