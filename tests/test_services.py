@@ -150,12 +150,11 @@ def test_three_hosts_share_only_the_urls_and_a_sigkilled_worker_is_retried_witho
 def test_a_host_that_stops_early_leaves_the_shared_study_run_to_the_last_host(stack, tmp_path):
     """The study's MLflow run is not closed by a host that stops while another still runs a trial."""
     name = f"last-{uuid.uuid4().hex[:8]}"
-    # ~11 s trials; host 1's runs end only once the test writes host1/release, so host 1 is still
-    # inside a trial when host 0 stops, however slowly either starts under load
+    # ~11 s trials whose runs end only once the test writes <host>/release: each host is inside a
+    # trial when host 0 is stopped, however slowly either starts under load (host 0 is never
+    # released; host 1 once the check is done)
     study = ss.write_study(tmp_path, name, {"eps_neg_up": [0.1, 0.2], "eps_pos_up": [0.2, 1.0]}, sleep=1.0,
                            steps=10, hold="release")
-    (tmp_path / "host0").mkdir()
-    (tmp_path / "host0" / "release").touch()
     hosts = [start_worker(tmp_path / f"host{i}", study, stack.storage_url, stack.tracking_uri,
                           PGPASSWORD=ss.password(stack)) for i in range(2)]
     deadline = time.monotonic() + 300
