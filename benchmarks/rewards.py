@@ -8,7 +8,7 @@ Prints the median over repeats of one score() call on a warm pool (workers start
   - 128 long answers of about 4k tokens each (cold memo),
 plus the pool's start-up time and one call in which a single answer hangs.
 
-Run: cd /work/main && .venv/bin/python -m benchmarks.rewards [--repeats 7]
+Run from the repository root: .venv/bin/python -m benchmarks.rewards [--repeats 7]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 r"""Tests for workbench.tasks.rewards: math-verify scoring and the worker pool's limits.
 
-Run: cd /work/main && .venv/bin/python -m pytest tests/test_rewards.py -q
+Run from the repository root: .venv/bin/python -m pytest tests/test_rewards.py -q
 """
 
 from __future__ import annotations
